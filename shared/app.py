@@ -1,0 +1,126 @@
+"""create_app(settings): the composition root, and the only module importing both writes and reads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+import reads.db
+import reads.routes
+import writes.db
+import writes.routes
+from shared.config import Settings
+from shared.dto import Problem
+from shared.errors import ApiError
+from shared.http import ProblemResponse, problem_response
+from shared.openapi import build_openapi
+from shared.schema import head_revision
+
+VERSION = "0.1.0"
+
+
+def create_app(settings: Settings) -> Starlette:
+    head = head_revision()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        engine = writes.db.create_write_engine(settings)
+        try:
+            await writes.db.warm(engine, settings.write_pool_size)
+            read_pool = reads.db.ReadPool(await reads.db.create_read_pool(settings), settings.read_pool_acquire_timeout)
+            resources = {
+                "settings": settings,
+                "engine": engine,
+                "sessions": writes.db.create_session_maker(engine),
+                "reads": read_pool,
+                "schema_head": head,
+            }
+            # Requests see these as request.state.<name>; operations tooling and tests reach the
+            # same objects through app.state.resources.
+            app.state.resources = resources
+            try:
+                yield resources
+            finally:
+                await read_pool.close()
+        finally:
+            await engine.dispose()
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *writes.routes.ROUTES,
+        *reads.routes.ROUTES,
+    ]
+    openapi = build_openapi(routes, title="orders-api", version=VERSION)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
+
+    routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: api_error, HTTPException: http_error},
+    )
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return problem_response(exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    body = Problem(type="about:blank", title=exc.detail, status=exc.status_code, detail=exc.detail)
+    return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    """200 when both pools answer and the schema is at head; else 503 naming each failure."""
+    state = request.state
+    settings: Settings = state.settings
+
+    async def write_pool() -> None:
+        await writes.db.ping(state.engine)
+
+    async def read_pool_and_schema() -> None:
+        revision = await state.reads.schema_revision()
+        if revision != state.schema_head:
+            found = "not migrated" if revision is None else f"at {revision}"
+            raise RuntimeError(f"schema {found}, head is {state.schema_head}: run `orders-api migrate`")
+
+    failures = [
+        failure
+        for failure in await asyncio.gather(
+            _check("write pool", write_pool, bound=settings.write_pool_timeout),
+            _check("read pool", read_pool_and_schema, bound=settings.read_pool_acquire_timeout),
+        )
+        if failure is not None
+    ]
+    if failures:
+        return PlainTextResponse("not ready: " + "; ".join(failures), status_code=503, headers={"Retry-After": "1"})
+    return PlainTextResponse("ready")
+
+
+async def _check(name: str, probe: Callable[[], Awaitable[None]], *, bound: float) -> str | None:
+    # Bounded by the pool's own acquire timeout, plus a second for the query itself.
+    try:
+        async with asyncio.timeout(bound + 1.0):
+            await probe()
+    except TimeoutError:
+        return f"{name}: no answer within {bound + 1.0:.1f} s"
+    except Exception as exc:  # a readiness probe reports every failure; it never raises
+        return f"{name}: {exc}"
+    return None

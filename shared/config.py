@@ -1,0 +1,147 @@
+"""Settings read once from the environment, typed and validated, then passed in.
+
+Nothing else in the service reads ``os.environ``: ``Settings.from_env`` is the only door.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+from msgspec import Meta
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+Seconds = Annotated[float, Meta(gt=0)]
+
+
+class ConfigError(Exception):
+    """A variable has a value the service cannot run with; the message names it."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid_unknown_fields=False):
+    # Field names are the environment variables (``rename="upper"``), so a validation error's
+    # path names the variable the operator has to fix.
+    database_url: str | None = None
+    write_database_url: str | None = None
+    read_database_url: str | None = None
+
+    write_pool_size: PositiveInt = 5
+    write_pool_max_overflow: NonNegativeInt = 0
+    write_pool_timeout: Seconds = 2.0
+    write_pool_recycle: PositiveInt = 1800
+    write_pool_pre_ping: bool = True
+    write_statement_timeout_ms: NonNegativeInt = 5000
+
+    read_pool_min_size: NonNegativeInt = 2
+    read_pool_max_size: PositiveInt = 10
+    read_pool_acquire_timeout: Seconds = 1.0
+    read_pool_max_inactive_lifetime: Annotated[float, Meta(ge=0)] = 300.0
+    read_statement_cache_size: NonNegativeInt = 256
+    read_statement_timeout_ms: NonNegativeInt = 2000
+
+    pgbouncer: bool = False
+    write_api_tokens: tuple[str, ...] = ()
+    read_api_tokens: tuple[str, ...] = ()
+    idempotency_ttl: PositiveInt = 86_400
+    max_body_bytes: PositiveInt = 1 * MiB
+    max_import_bytes: PositiveInt = 64 * MiB
+
+    def __post_init__(self) -> None:
+        for name in ("database_url", "write_database_url", "read_database_url"):
+            url = getattr(self, name)
+            if url is not None:
+                _check_postgres_url(name.upper(), url)
+        if self.database_url is None and (self.write_database_url is None) != (self.read_database_url is None):
+            raise ConfigError("set DATABASE_URL, or both WRITE_DATABASE_URL and READ_DATABASE_URL")
+        if self.read_pool_min_size > self.read_pool_max_size:
+            raise ConfigError(
+                f"READ_POOL_MIN_SIZE ({self.read_pool_min_size}) must not exceed "
+                f"READ_POOL_MAX_SIZE ({self.read_pool_max_size})"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        known = {f.upper() for f in cls.__struct_fields__}
+        for name in sorted(env):
+            if name.startswith(("WRITE_", "READ_")) and name not in known:
+                log.warning("unknown setting %s is ignored (known: see the configuration table)", name)
+        raw: dict[str, object] = {}
+        for name in known:
+            value = env.get(name)
+            if value is None or value.strip() == "":
+                continue
+            raw[name] = _split_tokens(value) if name.endswith("_API_TOKENS") else value.strip()
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid configuration: {_name_variable(str(exc))}") from None
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when no URL names a server, so the CLI must start the embedded PostgreSQL."""
+        return self.database_url is None and self.write_database_url is None
+
+    @property
+    def write_url(self) -> str:
+        return _require(self.write_database_url or self.database_url, "WRITE_DATABASE_URL or DATABASE_URL")
+
+    @property
+    def read_url(self) -> str:
+        return _require(self.read_database_url or self.database_url, "READ_DATABASE_URL or DATABASE_URL")
+
+    @property
+    def write_sqlalchemy_url(self) -> str:
+        """The write URL in SQLAlchemy's form, for the asyncpg dialect."""
+        return sqlalchemy_url(self.write_url)
+
+    @property
+    def read_dsn(self) -> str:
+        """The read URL in the form asyncpg accepts (``postgresql://``)."""
+        return asyncpg_dsn(self.read_url)
+
+
+def asyncpg_dsn(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(scheme="postgresql"))
+
+
+def sqlalchemy_url(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(scheme="postgresql+asyncpg"))
+
+
+def _check_postgres_url(variable: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"{variable} must look like postgresql://user:pass@host:port/db, got scheme {parts.scheme!r}")
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{variable} must name a database (postgresql://user:pass@host:port/db)")
+
+
+def _split_tokens(value: str) -> list[str]:
+    return [token.strip() for token in value.split(",") if token.strip()]
+
+
+def _name_variable(message: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.WRITE_POOL_SIZE`"; lead with the variable.
+    text, sep, path = message.rpartition(" - at `$.")
+    if not sep:
+        return message
+    variable = path.rstrip("`").split("[")[0].split(".")[0]
+    return f"{variable}: {text}"
+
+
+def _require(value: str | None, what: str) -> str:
+    if value is None:
+        raise ConfigError(f"no database configured: set {what}")
+    return value

@@ -1,0 +1,194 @@
+"""The msgspec Structs that cross the wire: command bodies, and the views both sides return.
+
+Constraints live in the types, so decoding a body is validating it. Command bodies forbid unknown
+fields: a client that tries to set ``id``, ``status`` or ``version`` gets a 422, not a silent drop.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Generic, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+# Bounds keep every value inside PostgreSQL's bigint, even summed over 100 lines of 1 000 units,
+# so the database never sees an overflow a client could trigger.
+Id = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+Cents = Annotated[int, Meta(ge=0, le=100_000_000_000)]
+StockLevel = Annotated[int, Meta(ge=0, le=1_000_000_000)]
+RestockQuantity = Annotated[int, Meta(ge=1, le=1_000_000_000)]
+LineQuantity = Annotated[int, Meta(ge=1, le=1000)]
+Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"\S")]
+Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+OrderStatus = Literal["pending", "paid", "shipped", "cancelled"]
+
+T = TypeVar("T")
+
+
+class Command(msgspec.Struct, forbid_unknown_fields=True):
+    """Base of every command body: unknown fields are a 422."""
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+class CreateCustomer(Command):
+    email: Email
+    name: Name
+
+
+class UpsertCustomers(Command):
+    customers: Annotated[list[CreateCustomer], Meta(min_length=1, max_length=10_000)]
+
+
+class CreateProduct(Command):
+    sku: Sku
+    name: Name
+    price_cents: Cents
+    stock: StockLevel
+
+
+class Restock(Command):
+    quantity: RestockQuantity
+
+
+class Reprice(Command):
+    price_cents: Cents
+
+
+class OrderLine(Command):
+    product_id: Id
+    quantity: LineQuantity
+
+
+class PlaceOrder(Command):
+    customer_id: Id
+    items: Annotated[list[OrderLine], Meta(min_length=1, max_length=100)]
+
+
+class ImportedLine(Command):
+    product_id: Id
+    quantity: LineQuantity
+    unit_price_cents: Cents
+
+
+class ImportedOrder(Command):
+    """One NDJSON line of ``POST /v1/orders/import``."""
+
+    customer_id: Id
+    status: OrderStatus
+    created_at: datetime
+    items: Annotated[list[ImportedLine], Meta(min_length=1, max_length=100)]
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+class CustomerView(msgspec.Struct, frozen=True):
+    id: int
+    email: str
+    name: str
+    created_at: datetime
+
+
+class CustomerDetail(msgspec.Struct, frozen=True):
+    id: int
+    email: str
+    name: str
+    created_at: datetime
+    order_count: int
+    lifetime_value_cents: int
+
+
+class ProductView(msgspec.Struct, frozen=True):
+    id: int
+    sku: str
+    name: str
+    price_cents: int
+    stock: int
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderCustomer(msgspec.Struct, frozen=True):
+    id: int
+    email: str
+    name: str
+
+
+class OrderItemView(msgspec.Struct, frozen=True):
+    product_id: int
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+    line_total_cents: int
+
+
+class OrderView(msgspec.Struct, frozen=True):
+    id: int
+    customer: OrderCustomer
+    status: OrderStatus
+    items: list[OrderItemView]
+    item_count: int
+    total_cents: int
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderSummary(msgspec.Struct, frozen=True):
+    id: int
+    customer_id: int
+    status: OrderStatus
+    item_count: int
+    total_cents: int
+    created_at: datetime
+
+
+class Page(msgspec.Struct, Generic[T], frozen=True):
+    items: list[T]
+    next_cursor: str | None
+
+
+class UpsertResult(msgspec.Struct, frozen=True):
+    inserted: int
+    updated: int
+
+
+class ImportResult(msgspec.Struct, frozen=True):
+    imported: int
+
+
+class DailyRevenue(msgspec.Struct, frozen=True):
+    day: str
+    orders: int
+    revenue_cents: int
+
+
+class RevenueReport(msgspec.Struct, frozen=True):
+    days: list[DailyRevenue]
+
+
+class TopProduct(msgspec.Struct, frozen=True):
+    product_id: int
+    sku: str
+    name: str
+    units: int
+    revenue_cents: int
+
+
+class TopProductsReport(msgspec.Struct, frozen=True):
+    products: list[TopProduct]
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """RFC 9457 problem details, the body of every error."""
+
+    type: str
+    title: str
+    status: int
+    detail: str

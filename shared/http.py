@@ -1,0 +1,114 @@
+"""The msgspec response class and request-decoding helpers, with codecs built once."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.dto import Problem
+from shared.errors import (
+    ApiError,
+    BodyTooLarge,
+    InvalidInput,
+    MalformedJson,
+    NotFound,
+    NotJson,
+    problem_kind,
+    problem_type,
+)
+
+T = TypeVar("T")
+
+ENCODER = msgspec.json.Encoder()
+
+
+class MsgspecResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return ENCODER.encode(content)
+
+
+class ProblemResponse(Response):
+    media_type = "application/problem+json"
+
+    def render(self, content: Any) -> bytes:
+        return ENCODER.encode(content)
+
+
+def problem_response(error: ApiError) -> ProblemResponse:
+    kind = problem_kind(error)
+    body = Problem(type=problem_type(error), title=kind.title, status=kind.status, detail=str(error))
+    return ProblemResponse(body, status_code=kind.status, headers=error.headers)
+
+
+_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def decoder_for(type_: type[T]) -> msgspec.json.Decoder[T]:
+    """One decoder per type, built on first use and reused."""
+    decoder = _DECODERS.get(type_)
+    if decoder is None:
+        decoder = _DECODERS[type_] = msgspec.json.Decoder(type_)
+    return decoder
+
+
+def decode_json(data: bytes, type_: type[T]) -> T:
+    """Decode and validate; malformed JSON is a 400, a schema violation a 422 naming the path."""
+    try:
+        return decoder_for(type_).decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedJson(str(exc)) from None
+
+
+def is_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing with 413 as soon as it passes ``limit`` (before reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def decode_body(request: Request, type_: type[T]) -> T:
+    if not is_json(request):
+        raise NotJson("Content-Type must be application/json")
+    body = await read_body(request, request.state.settings.max_body_bytes)
+    return decode_json(body, type_)
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def if_match_version(request: Request) -> int | None:
+    """The version named by ``If-Match: "<version>"``; a value that is no version matches nothing."""
+    header = request.headers.get("if-match")
+    if header is None or header.strip() == "*":
+        return None
+    tag = header.strip().removeprefix("W/").strip('"')
+    return int(tag) if tag.isdigit() else -1
+
+
+def path_id(request: Request, kind: str) -> int:
+    """The ``{id:int}`` path parameter; an id no row can have (0, past bigint) is a plain 404."""
+    value: int = request.path_params["id"]
+    if not 1 <= value <= 2**63 - 1:
+        raise NotFound(f"{kind} {value} not found")
+    return value

@@ -1,0 +1,108 @@
+"""A real PostgreSQL for every test: the embedded one (or TEST_DATABASE_URL), a fresh database per
+run, migrations applied once, tables emptied between tests, and an httpx client over the ASGI app
+with its lifespan (both pools) running."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from shared import embedded
+from shared.app import create_app
+from shared.config import Settings, asyncpg_dsn
+from shared.schema import upgrade_to_head
+from tests.support import WRITE_TOKEN, running_client
+
+TABLES = "order_items, orders, products, customers, idempotency_keys"
+
+
+def with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+async def _admin(url: str, statement: str) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A URL to a maintenance database on the test server."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    server = embedded.start(tmp_path_factory.mktemp("embedded") / "pgdata", delete_on_exit=True)
+    yield embedded.database_url(server, "postgres")
+    server.cleanup()
+
+
+def _fresh_database(server_url: str) -> Iterator[str]:
+    name = f"orders_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    yield with_database(server_url, name)
+    asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """This run's database, migrated to head once."""
+    for url in _fresh_database(server_url):
+        upgrade_to_head(url)
+        yield url
+
+
+@pytest.fixture
+def empty_database(server_url: str) -> Iterator[str]:
+    """A database with no schema at all, for migration and start-up checks."""
+    yield from _fresh_database(server_url)
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables(request: pytest.FixtureRequest) -> None:
+    if "database_url" not in request.fixturenames:
+        return
+    url = request.getfixturevalue("database_url")
+    asyncio.run(_admin(url, f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        write_api_tokens=(WRITE_TOKEN,),
+        read_pool_min_size=1,
+        write_pool_size=5,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Starlette:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_client(app) as http:
+        yield http
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection for checking the rows a request left behind."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        yield connection
+    finally:
+        await connection.close()

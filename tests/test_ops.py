@@ -1,0 +1,74 @@
+"""Operations endpoints: liveness, readiness (bounded, naming what failed) and the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from starlette.applications import Starlette
+
+from shared.app import create_app
+from shared.config import Settings
+from tests.support import running_client
+
+
+async def test_healthz_answers_while_the_process_runs(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+
+
+async def test_readyz_is_200_when_both_pools_answer_and_schema_is_at_head(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+    assert response.status_code == 200, response.text
+
+
+async def test_readyz_is_503_naming_migrate_when_schema_is_behind(empty_database: str) -> None:
+    app = create_app(Settings(database_url=empty_database, read_pool_min_size=1))
+    async with running_client(app) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert "schema" in response.text
+    assert "read pool" in response.text
+
+
+async def test_readyz_is_503_within_the_acquire_timeout_when_the_read_pool_is_exhausted(
+    database_url: str,
+) -> None:
+    settings = Settings(
+        database_url=database_url, read_pool_min_size=1, read_pool_max_size=1, read_pool_acquire_timeout=0.2
+    )
+    app = create_app(settings)
+    async with running_client(app) as client, app.state.resources["reads"].connection():
+        started = time.monotonic()
+        response = await client.get("/readyz")
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert "read pool" in response.text
+    assert "READ_POOL_ACQUIRE_TIMEOUT" in response.text
+    assert response.headers["retry-after"]
+    assert elapsed < 2.0
+
+
+async def test_unknown_routes_are_problem_json(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 404
+
+
+async def test_openapi_is_3_1_and_lists_every_route(app: Starlette, client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"] == "3.1.0"
+    described = {
+        (method.upper(), path.replace("{id}", "{id:int}"))
+        for path, item in document["paths"].items()
+        for method in item
+    }
+    for route in app.routes:
+        path, methods = route.path, getattr(route, "methods", None) or set()  # type: ignore[attr-defined]
+        if path.startswith("/v1/"):
+            for method in methods - {"HEAD"}:
+                assert (method, path) in described, f"{method} {path} missing from /openapi.json"
+    assert "Problem" in document["components"]["schemas"]

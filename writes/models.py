@@ -1,0 +1,140 @@
+"""SQLAlchemy 2 declarative models: the write side's unit of work and Alembic's target metadata.
+
+Every relationship is ``lazy="raise"``: an attribute the handler did not eager-load is an error at
+once, not a hidden query (which under asyncio would fail anyway, later and less clearly).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names make migrations reviewable and downgrades exact.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ORDER_STATUSES = ("pending", "paid", "shipped", "cancelled")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    __table_args__ = (
+        # Stored lower-cased, so a plain unique constraint is case-insensitive uniqueness.
+        CheckConstraint("email = lower(email)", name="email_lower"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    email: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+class Product(Base):
+    __tablename__ = "products"
+    __table_args__ = (
+        CheckConstraint("price_cents >= 0", name="price_cents_nonnegative"),
+        CheckConstraint("stock >= 0", name="stock_nonnegative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    sku: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    price_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stock: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint(f"status IN {ORDER_STATUSES!r}", name="status_known"),
+        CheckConstraint("total_cents >= 0", name="total_cents_nonnegative"),
+        CheckConstraint("item_count >= 1", name="item_count_positive"),
+        # Newest-first lists scan these backwards: ORDER BY created_at DESC, id DESC.
+        Index(None, "created_at", "id"),
+        Index(None, "customer_id", "created_at", "id"),
+        Index(None, "status", "created_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id"), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    # Items never change after placement, so the totals are stored once instead of summed per read.
+    item_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    total_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+    customer: Mapped[Customer] = relationship(lazy="raise")
+    items: Mapped[list[OrderItem]] = relationship(
+        lazy="raise", order_by="OrderItem.line_no", back_populates="order", cascade="all, delete-orphan"
+    )
+
+
+class OrderItem(Base):
+    __tablename__ = "order_items"
+    __table_args__ = (
+        CheckConstraint("quantity >= 1", name="quantity_positive"),
+        CheckConstraint("unit_price_cents >= 0", name="unit_price_cents_nonnegative"),
+        Index(None, "product_id"),
+    )
+
+    order_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True)
+    # The line's position in the order as placed: items are shown in insertion order.
+    line_no: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("products.id"), nullable=False)
+    quantity: Mapped[int] = mapped_column(Integer, nullable=False)
+    unit_price_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    order: Mapped[Order] = relationship(lazy="raise", back_populates="items")
+    product: Mapped[Product] = relationship(lazy="raise")
+
+
+class IdempotencyKey(Base):
+    """A command's first successful response, stored in the command's own transaction."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index(None, "expires_at"),)
+
+    # sha256 of the bearer token: keys are scoped to the caller without storing the secret.
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    # sha256 over method, path and body: the same key with another request is a 422.
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    status_code: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    headers: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    body: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -1,0 +1,7 @@
+"""Write routes: decode body -> handler -> response."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+ROUTES: list[BaseRoute] = []
