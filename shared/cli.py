@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,11 @@ def serve(host: str, port: int, workers: int, data_dir: Path | None) -> None:
         token = secrets.token_urlsafe(24)
         settings = msgspec.structs.replace(settings, write_api_tokens=(token,))
         click.echo(f"WRITE_API_TOKENS is unset; commands accept this generated token: {token}")
+    if server is not None:
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again; by default
+        # that kills the process before atexit could stop the embedded PostgreSQL. Exit cleanly instead.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _exit_cleanly)
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port)
         return
@@ -76,6 +83,10 @@ def serve(host: str, port: int, workers: int, data_dir: Path | None) -> None:
     os.environ["DATABASE_URL"] = settings.write_url
     os.environ["WRITE_API_TOKENS"] = ",".join(settings.write_api_tokens)
     uvicorn.run("shared.cli:app_from_env", factory=True, host=host, port=port, workers=workers)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    sys.exit(0)
 
 
 def app_from_env() -> Any:
