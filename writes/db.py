@@ -6,13 +6,21 @@ backend that the read side cannot use. ``WRITE_POOL_SIZE`` x workers must fit ``
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
+import sqlalchemy.exc
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.config import Settings
+from shared.errors import ApiError, DatabaseUnavailable, PoolExhausted, ServiceUnavailable
+
+T = TypeVar("T")
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
@@ -63,3 +71,56 @@ async def warm(engine: AsyncEngine, connections: int) -> None:
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         await connection.exec_driver_sql("SELECT 1")
+
+
+# Conflicts between concurrent transactions that a fresh attempt usually resolves.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+QUERY_CANCELED = "57014"  # statement_timeout fired
+ATTEMPTS = 3
+
+
+async def run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run one unit of work: retry it whole on a serialization failure or deadlock, and turn the
+    database's ways of failing into 503s a client can retry. Every write request goes through here."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return await work()
+        except DBAPIError as exc:
+            if sqlstate(exc) not in RETRYABLE_SQLSTATES or attempt == ATTEMPTS:
+                error = unavailable(exc)
+                if error is None:
+                    raise
+                raise error from exc
+        except sqlalchemy.exc.TimeoutError:
+            raise PoolExhausted("no write connection free within WRITE_POOL_TIMEOUT") from None
+        except OSError as exc:
+            raise DatabaseUnavailable(f"write database unreachable: {exc}") from None
+        # Jittered, so two transactions that collided do not collide again in step.
+        await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311 - jitter, not a secret
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def sqlstate(exc: DBAPIError) -> str | None:
+    code: str | None = getattr(exc.orig, "sqlstate", None)
+    return code
+
+
+def unavailable(exc: DBAPIError) -> ServiceUnavailable | None:
+    """The 503 a driver failure amounts to; None for anything else, which is a bug (a 500)."""
+    code = sqlstate(exc)
+    if exc.connection_invalidated:
+        return DatabaseUnavailable("write database connection lost")
+    if code == QUERY_CANCELED:
+        return ServiceUnavailable("statement exceeded WRITE_STATEMENT_TIMEOUT_MS")
+    if code in RETRYABLE_SQLSTATES:
+        return ServiceUnavailable(f"transaction kept conflicting with others ({ATTEMPTS} attempts)")
+    return None
+
+
+async def add_unique(session: AsyncSession, row: object, taken: ApiError) -> None:
+    """Insert ``row`` now; a unique violation (the only constraint a valid command can break) is ``taken``."""
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise taken from None

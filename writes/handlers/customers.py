@@ -1,0 +1,48 @@
+"""Customers: create one, or upsert a batch in a single statement."""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Text, bindparam, func, literal_column, select
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import ReturningInsert
+
+from shared.dto import CreateCustomer, CustomerView, UpsertCustomers, UpsertResult
+from shared.errors import EmailTaken
+from writes.db import add_unique
+from writes.models import Customer
+
+
+async def create_customer(command: CreateCustomer, sessions: async_sessionmaker[AsyncSession]) -> CustomerView:
+    email = command.email.lower()
+    async with sessions.begin() as session:
+        customer = Customer(email=email, name=command.name)
+        await add_unique(session, customer, EmailTaken(f"email {email} is already taken"))
+        return customer_view(customer)
+
+
+async def upsert_customers(command: UpsertCustomers, sessions: async_sessionmaker[AsyncSession]) -> UpsertResult:
+    """Insert new emails, rename existing ones; a batch that names an email twice keeps the last name
+    (PostgreSQL refuses to update one row twice in a statement, so duplicates are folded first)."""
+    names = {customer.email.lower(): customer.name for customer in command.customers}
+    async with sessions.begin() as session:
+        inserted = (await session.scalars(_upsert(list(names), list(names.values())))).all()
+    return UpsertResult(inserted=sum(inserted), updated=len(inserted) - sum(inserted))
+
+
+def _upsert(emails: list[str], names: list[str]) -> ReturningInsert[bool]:
+    # Two array parameters, whatever the batch size: one statement, no bind-parameter limit.
+    batch = (
+        func.unnest(bindparam("emails", emails, type_=ARRAY(Text)), bindparam("names", names, type_=ARRAY(Text)))
+        .table_valued("email", "name")
+        .render_derived(name="batch")
+    )
+    statement = insert(Customer).from_select(["email", "name"], select(batch.c.email, batch.c.name))
+    # xmax is 0 on a row version no transaction has touched since it was inserted: a fresh insert.
+    return statement.on_conflict_do_update(
+        index_elements=[Customer.email], set_={"name": statement.excluded.name}
+    ).returning(literal_column("xmax = 0", Boolean))
+
+
+def customer_view(customer: Customer) -> CustomerView:
+    return CustomerView(id=customer.id, email=customer.email, name=customer.name, created_at=customer.created_at)

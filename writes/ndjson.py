@@ -1,0 +1,39 @@
+"""Decoding the order import: NDJSON, one ``ImportedOrder`` a line, every line validated."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+
+from shared.dto import ImportedOrder
+from shared.errors import InvalidInput
+from shared.http import decoder_for
+from writes.handlers import OrderImport
+
+MEDIA_TYPES = ("application/x-ndjson", "application/jsonl")
+MAX_ORDERS = 100_000
+
+
+def is_ndjson(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() in MEDIA_TYPES
+
+
+def decode_orders(body: bytes) -> OrderImport:
+    """Every order with its line number; a 422 naming the first line that is not a valid order.
+    Blank lines (a trailing newline, say) are skipped but still counted, so numbers match an editor's."""
+    decoder = decoder_for(ImportedOrder)
+    orders: list[ImportedOrder] = []
+    lines: list[int] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        if len(orders) == MAX_ORDERS:
+            raise InvalidInput(f"line {number}: an import holds at most {MAX_ORDERS} orders")
+        try:
+            orders.append(decoder.decode(line))
+        except msgspec.DecodeError as exc:  # malformed JSON and schema violations alike
+            raise InvalidInput(f"line {number}: {exc}") from None
+        lines.append(number)
+    if not orders:
+        raise InvalidInput("the body holds no orders")
+    return OrderImport(orders, lines)
