@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 import msgspec
 from starlette.routing import BaseRoute, Route
@@ -121,8 +121,10 @@ def _parameters(route: Route, op: Operation) -> list[dict[str, Any]]:
     if op.query is not None:
         info = msgspec.inspect.type_info(op.query)
         assert isinstance(info, msgspec.inspect.StructType)
+        # f.type is msgspec's inspection of the field; the schema is made from its annotation.
+        annotations = get_type_hints(op.query, include_extras=True)
         for f in info.fields:
-            schema = msgspec.json.schema(f.type)
+            schema = msgspec.json.schema(annotations[f.name])
             params.append({"name": f.encode_name, "in": "query", "required": f.required, "schema": schema})
     params += [{"name": name, "in": "header", "required": False, "schema": {"type": "string"}} for name in op.headers]
     return params
