@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from shared.config import Settings
 from shared.errors import DatabaseUnavailable, PoolExhausted, ServiceUnavailable
+from shared.http import decoder_for
 from shared.schema import CURRENT_REVISION_SQL
+
+T = TypeVar("T")
 
 # The driver's ways of saying "the server is not there (any more)".
 CONNECTION_ERRORS = (
@@ -41,6 +44,14 @@ async def create_read_pool(settings: Settings) -> Any:
             "application_name": "orders-api:read",
             # Nothing on the read side writes; a bug that tries is an error, not a silent change.
             "default_transaction_read_only": "on",
+            # Views are built as JSON in SQL; UTC offsets there decode to the same datetimes the
+            # write side returns, so both sides encode a timestamp identically (…Z).
+            "TimeZone": "UTC",
+            # The list queries take optional filters as "$1 IS NULL OR col = $1". PostgreSQL may
+            # switch a prepared statement to a generic plan, which cannot fold those away and
+            # would walk all orders newest-first for any filter; planning each execution with its
+            # values (tens of microseconds) picks the filter's index every time.
+            "plan_cache_mode": "force_custom_plan",
         },
     )
 
@@ -69,6 +80,19 @@ class ReadPool:
             raise DatabaseUnavailable(f"read database connection lost: {exc}") from None
         finally:
             await self.pool.release(connection)
+
+    async def find(self, sql: str, view: type[T], *args: object) -> T | None:
+        """Run ``sql`` (one round trip) whose one value is ``view`` as JSON text; None for no row."""
+        async with self.connection() as connection:
+            text: str | None = await connection.fetchval(sql, *args)
+        return None if text is None else decoder_for(view).decode(text)
+
+    async def fetch(self, sql: str, view: type[T], *args: object) -> T:
+        """``find`` for a statement that always yields its value (an aggregate or a list)."""
+        found = await self.find(sql, view, *args)
+        if found is None:
+            raise LookupError(f"statement returned no value, expected {view}: {sql}")
+        return found
 
     async def schema_revision(self) -> str | None:
         """The database's migration revision; None when it was never migrated."""

@@ -1,7 +1,158 @@
-"""Read routes: params -> query function -> response."""
+"""Read routes: params -> query function -> response; the read ROUTES list."""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
-ROUTES: list[BaseRoute] = []
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from reads.db import ReadPool
+from reads.params import (
+    OrderFilters,
+    OrderListing,
+    ProductSearch,
+    RevenueWindow,
+    TopProductsWindow,
+    query_params,
+)
+from reads.queries import customers, orders, products, stats
+from shared.auth import bearer_token
+from shared.dto import (
+    CustomerDetail,
+    OrderSummary,
+    OrderView,
+    Page,
+    Problem,
+    ProductView,
+    RevenueReport,
+    TopProductsReport,
+)
+from shared.errors import NotFound
+from shared.http import ENCODER, MsgspecResponse, etag, path_id
+from shared.openapi import operation
+
+P = TypeVar("P", bound=msgspec.Struct)
+
+TAG = "queries"
+# Every query can meet a missing token (when READ_API_TOKENS is set) and an exhausted pool.
+ALWAYS = {401: Problem, 503: Problem}
+ONE = {**ALWAYS, 404: Problem}
+MANY = {**ALWAYS, 422: Problem}
+
+
+def authorize(request: Request) -> None:
+    """Queries are open unless READ_API_TOKENS is set; then a bearer token from it is required."""
+    tokens: tuple[str, ...] = request.state.settings.read_api_tokens
+    if tokens:
+        bearer_token(request, tokens)
+
+
+def with_etag(request: Request, view: Any, version: int) -> Response:
+    """The view with ``ETag``, or a bodiless 304 when ``If-None-Match`` already names it."""
+    tag = etag(version)
+    headers = {"ETag": tag}
+    if if_none_match(request, tag):
+        return Response(status_code=304, headers=headers)
+    return MsgspecResponse(view, headers=headers)
+
+
+def if_none_match(request: Request, tag: str) -> bool:
+    # RFC 9110: If-None-Match compares weakly, so W/"3" matches "3"; "*" matches any current version.
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return False
+    candidates = {candidate.strip().removeprefix("W/") for candidate in header.split(",")}
+    return "*" in candidates or tag in candidates
+
+
+def resource_route(
+    path: str, kind: str, find: Callable[[ReadPool, int], Awaitable[Any]], view: Any, *, versioned: bool
+) -> Route:
+    """GET one resource by id: 404 naming it when absent; with ``ETag`` and 304 when ``versioned``."""
+    responses: dict[int, Any] = {200: view, **ONE} | ({304: None} if versioned else {})
+    headers = ("If-None-Match",) if versioned else ()
+
+    @operation(f"One {kind}", tag=TAG, responses=responses, headers=headers)
+    async def endpoint(request: Request) -> Response:
+        authorize(request)
+        resource_id = path_id(request, kind)
+        found = await find(request.state.reads, resource_id)
+        if found is None:
+            raise NotFound(f"{kind} {resource_id} not found")
+        return with_etag(request, found, found.version) if versioned else MsgspecResponse(found)
+
+    return Route(path, endpoint, methods=["GET"], name=find.__name__)
+
+
+def query_route(
+    path: str, params: type[P], run: Callable[[ReadPool, P], Awaitable[Any]], view: Any, *, summary: str
+) -> Route:
+    """GET a list or report: the query string decoded into ``params``, one query, one view."""
+    responses: dict[int, Any] = {200: view, **MANY} | ({400: Problem} if "cursor" in params.__struct_fields__ else {})
+
+    @operation(summary, tag=TAG, responses=responses, query=params)
+    async def endpoint(request: Request) -> Response:
+        authorize(request)
+        return MsgspecResponse(await run(request.state.reads, query_params(request, params)))
+
+    return Route(path, endpoint, methods=["GET"], name=run.__name__)
+
+
+@operation(
+    "Every matching order as NDJSON, one OrderSummary a line, by id",
+    tag=TAG,
+    responses={200: OrderSummary, **MANY},
+    query=OrderFilters,
+    response_media_type="application/x-ndjson",
+)
+async def order_export(request: Request) -> Response:
+    authorize(request)
+    filters = query_params(request, OrderFilters)
+    batches = orders.order_batches(request.state.reads, filters)
+    # The first batch is read before any byte is sent, so an exhausted pool or a dead database is
+    # still a proper 503; later failures can only cut the stream short.
+    first: list[OrderSummary] = await anext(batches, [])
+    return StreamingResponse(ndjson(first, batches), media_type="application/x-ndjson")
+
+
+async def ndjson(first: list[OrderSummary], rest: AsyncIterator[list[OrderSummary]]) -> AsyncIterator[bytes]:
+    if first:
+        yield ENCODER.encode_lines(first)
+    async for batch in rest:
+        yield ENCODER.encode_lines(batch)
+
+
+ROUTES: list[BaseRoute] = [
+    resource_route("/v1/customers/{id:int}", "customer", customers.customer_detail, CustomerDetail, versioned=False),
+    resource_route("/v1/products/{id:int}", "product", products.product_by_id, ProductView, versioned=True),
+    resource_route("/v1/orders/{id:int}", "order", orders.order_by_id, OrderView, versioned=True),
+    query_route(
+        "/v1/products",
+        ProductSearch,
+        products.product_search,
+        Page[ProductView],
+        summary="Products whose name or SKU contains q, by id",
+    ),
+    query_route(
+        "/v1/orders", OrderListing, orders.order_page, Page[OrderSummary], summary="Orders, newest first, filtered"
+    ),
+    query_route(
+        "/v1/stats/revenue/daily",
+        RevenueWindow,
+        stats.daily_revenue,
+        RevenueReport,
+        summary="Paid and shipped orders and revenue per UTC day, newest first",
+    ),
+    query_route(
+        "/v1/stats/products/top",
+        TopProductsWindow,
+        stats.top_products,
+        TopProductsReport,
+        summary="Best-selling products by revenue over paid and shipped orders",
+    ),
+    Route("/v1/exports/orders", order_export, methods=["GET"]),
+]

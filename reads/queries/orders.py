@@ -1,0 +1,106 @@
+"""Order by id, the newest-first order list, and the export's batches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from reads.cursor import decode_cursor, page_of
+from reads.db import ReadPool
+from reads.params import OrderFilters, OrderListing
+from shared.dto import OrderSummary, OrderView, Page
+
+# Items come from the order_items primary key (order_id, line_no), in the order they were placed.
+ORDER_BY_ID = """
+    SELECT to_json(v)::text
+    FROM (
+        SELECT o.id,
+               json_build_object('id', c.id, 'email', c.email, 'name', c.name) AS customer,
+               o.status,
+               (SELECT coalesce(json_agg(json_build_object(
+                           'product_id', i.product_id, 'sku', p.sku, 'name', p.name,
+                           'quantity', i.quantity, 'unit_price_cents', i.unit_price_cents,
+                           'line_total_cents', i.quantity::bigint * i.unit_price_cents
+                       ) ORDER BY i.line_no), '[]')
+                FROM order_items i JOIN products p ON p.id = i.product_id
+                WHERE i.order_id = o.id) AS items,
+               o.item_count, o.total_cents, o.version, o.created_at, o.updated_at
+        FROM orders o JOIN customers c ON c.id = o.customer_id
+        WHERE o.id = $1
+    ) v
+"""
+
+
+async def order_by_id(pool: ReadPool, order_id: int) -> OrderView | None:
+    return await pool.find(ORDER_BY_ID, OrderView, order_id)
+
+
+# The filters ($1..$4) of both the list and the export, written once so that the same parameters
+# always select the same orders. Each absent filter ($n IS NULL) folds away at planning (the read
+# pool plans every execution), leaving the conditions an index can serve.
+ORDER_FILTERS = """($1::bigint IS NULL OR customer_id = $1)
+          AND ($2::text IS NULL OR status = $2)
+          AND ($3::timestamptz IS NULL OR created_at >= $3)
+          AND ($4::timestamptz IS NULL OR created_at < $4)"""
+
+# The walk runs backwards down (customer_id | status, created_at, id) or (created_at, id). $5/$6
+# are the last row of the previous page: a row comparison keeps pages stable as new orders arrive.
+ORDER_PAGE = f"""
+    SELECT coalesce(json_agg(page ORDER BY page.created_at DESC, page.id DESC), '[]')::text
+    FROM (
+        SELECT id, customer_id, status, item_count, total_cents, created_at
+        FROM orders
+        WHERE {ORDER_FILTERS}
+          AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::bigint))
+        ORDER BY created_at DESC, id DESC
+        LIMIT $7
+    ) page
+"""  # noqa: S608 - composed of constants only; every value is a bound parameter
+
+
+async def order_page(pool: ReadPool, params: OrderListing) -> Page[OrderSummary]:
+    bound_to = ("orders", *params.bound())
+    after_at, after_id = (
+        (None, None) if params.cursor is None else decode_cursor(params.cursor, tuple[datetime, int], bound_to=bound_to)
+    )
+    rows = await pool.fetch(ORDER_PAGE, list[OrderSummary], *filter_args(params), after_at, after_id, params.limit + 1)
+    return page_of(rows, params.limit, lambda order: (order.created_at, order.id), bound_to=bound_to)
+
+
+def filter_args(filters: OrderFilters) -> tuple[object, ...]:
+    return (filters.customer_id, filters.status, filters.created_after, filters.created_before)
+
+
+EXPORT_BATCH_SIZE = 1000
+
+# Walks the primary key; $5 is the last id of the previous batch.
+EXPORT_BATCH = f"""
+    SELECT coalesce(json_agg(batch ORDER BY batch.id), '[]')::text
+    FROM (
+        SELECT id, customer_id, status, item_count, total_cents, created_at
+        FROM orders
+        WHERE {ORDER_FILTERS}
+          AND id > $5
+        ORDER BY id
+        LIMIT $6
+    ) batch
+"""  # noqa: S608 - composed of constants only; every value is a bound parameter
+
+
+async def order_batches(
+    pool: ReadPool, filters: OrderFilters, batch_size: int = EXPORT_BATCH_SIZE
+) -> AsyncIterator[list[OrderSummary]]:
+    """The filtered orders by id, in batches; a connection is held for one batch's query only.
+
+    The ``yield`` sits outside ``pool.connection()``: while a slow client drains a batch, its
+    connection is back in the pool, and memory holds one batch however many orders match.
+    """
+    after = 0
+    while True:
+        batch = await pool.fetch(EXPORT_BATCH, list[OrderSummary], *filter_args(filters), after, batch_size)
+        if not batch:
+            return
+        yield batch
+        if len(batch) < batch_size:
+            return
+        after = batch[-1].id

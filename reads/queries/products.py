@@ -1,0 +1,49 @@
+"""Product by id, and product search paged by id."""
+
+from __future__ import annotations
+
+from reads.cursor import decode_cursor, page_of
+from reads.db import ReadPool
+from reads.params import ProductSearch
+from shared.dto import Page, ProductView
+
+PRODUCT_BY_ID = """
+    SELECT to_json(p)::text
+    FROM (
+        SELECT id, sku, name, price_cents, stock, version, created_at, updated_at
+        FROM products
+        WHERE id = $1
+    ) p
+"""
+
+
+async def product_by_id(pool: ReadPool, product_id: int) -> ProductView | None:
+    return await pool.find(PRODUCT_BY_ID, ProductView, product_id)
+
+
+# $1 is a LIKE pattern with its wildcards escaped (see like_pattern); keyset on the primary key.
+PRODUCT_SEARCH = r"""
+    SELECT coalesce(json_agg(p ORDER BY p.id), '[]')::text
+    FROM (
+        SELECT id, sku, name, price_cents, stock, version, created_at, updated_at
+        FROM products
+        WHERE ($1::text IS NULL OR name ILIKE $1 ESCAPE '\' OR sku ILIKE $1 ESCAPE '\')
+          AND ($2::bigint IS NULL OR id > $2)
+        ORDER BY id
+        LIMIT $3
+    ) p
+"""
+
+
+async def product_search(pool: ReadPool, params: ProductSearch) -> Page[ProductView]:
+    bound_to = ("products", params.q)
+    after = None if params.cursor is None else decode_cursor(params.cursor, int, bound_to=bound_to)
+    pattern = None if params.q is None else like_pattern(params.q)
+    rows = await pool.fetch(PRODUCT_SEARCH, list[ProductView], pattern, after, params.limit + 1)
+    return page_of(rows, params.limit, lambda product: product.id, bound_to=bound_to)
+
+
+def like_pattern(text: str) -> str:
+    """A pattern matching ``text`` anywhere, with LIKE's ``%``, ``_`` and ``\\`` taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

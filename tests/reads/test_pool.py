@@ -1,0 +1,113 @@
+"""Pool discipline and read auth: bounded acquires, connections returned on cancel, bearer tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+from starlette.applications import Starlette
+
+from shared.app import create_app
+from shared.config import Settings
+from tests.support import running_client
+
+QUERY_URLS = [
+    "/v1/customers/1",
+    "/v1/products/1",
+    "/v1/products",
+    "/v1/orders/1",
+    "/v1/orders",
+    "/v1/stats/revenue/daily",
+    "/v1/stats/products/top",
+    "/v1/exports/orders",
+]
+
+
+@pytest.fixture
+def one_connection_app(settings: Settings) -> Starlette:
+    """An app whose read pool has a single connection and gives up waiting for it after 0.2 s."""
+    return create_app(msgspec.structs.replace(settings, read_pool_max_size=1, read_pool_acquire_timeout=0.2))
+
+
+@pytest.fixture
+async def orders_locked(db: asyncpg.Connection) -> AsyncIterator[None]:
+    """Every query touching orders waits while this is held."""
+    async with db.transaction():
+        await db.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        yield
+
+
+async def waiting_reads(db: asyncpg.Connection) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders-api:read' AND wait_event_type = 'Lock'"
+    )
+    return count
+
+
+@pytest.mark.parametrize("url", QUERY_URLS)
+async def test_an_exhausted_read_pool_is_a_prompt_503_with_retry_after(one_connection_app: Starlette, url: str) -> None:
+    async with running_client(one_connection_app) as client, one_connection_app.state.resources["reads"].connection():
+        started = time.monotonic()
+        response = await client.get(url)
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "READ_POOL_ACQUIRE_TIMEOUT" in response.json()["detail"]
+    assert elapsed < 1.0
+
+
+@pytest.mark.usefixtures("orders_locked")
+async def test_a_cancelled_request_returns_its_connection_to_the_pool(
+    one_connection_app: Starlette, db: asyncpg.Connection
+) -> None:
+    async with running_client(one_connection_app) as client:
+        stuck = asyncio.create_task(client.get("/v1/orders"))
+        for _ in range(100):
+            if await waiting_reads(db):
+                break
+            await asyncio.sleep(0.02)
+        assert await waiting_reads(db) == 1
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+
+        # orders is still locked: the pool's only connection must be free, its query abandoned.
+        response = await client.get("/v1/products/1")
+        pool = one_connection_app.state.resources["reads"].pool
+
+        assert response.status_code == 404
+        assert pool.get_size() - pool.get_idle_size() == 0
+
+
+@pytest.mark.usefixtures("orders_locked")
+async def test_a_query_past_the_statement_timeout_is_a_503(settings: Settings) -> None:
+    app = create_app(msgspec.structs.replace(settings, read_statement_timeout_ms=200))
+    async with running_client(app) as client:
+        response = await client.get("/v1/orders")
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "READ_STATEMENT_TIMEOUT_MS" in response.json()["detail"]
+
+
+async def test_with_read_tokens_every_query_needs_one_of_them(settings: Settings) -> None:
+    app = create_app(msgspec.structs.replace(settings, read_api_tokens=("reader-1", "reader-2")))
+    async with running_client(app) as client:
+        for url in QUERY_URLS:
+            for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic reader-1"}):
+                response = await client.get(url, headers=headers)
+                assert response.status_code == 401, (url, headers)
+                assert response.headers["www-authenticate"] == "Bearer"
+            allowed = await client.get(url, headers={"Authorization": "Bearer reader-2"})
+            assert allowed.status_code in (200, 404), (url, allowed.text)
+
+
+async def test_without_read_tokens_queries_are_open(client: httpx.AsyncClient) -> None:
+    for url in QUERY_URLS:
+        assert (await client.get(url)).status_code in (200, 404), url
