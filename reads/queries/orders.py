@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 from reads.cursor import decode_cursor, page_of
 from reads.db import ReadPool
-from reads.params import OrderFilters, OrderListing
-from shared.dto import OrderSummary, OrderView, Page
+from reads.params import Instant, OrderFilters, OrderListing
+from shared.dto import Id, OrderSummary, OrderView, Page
 
 # Items come from the order_items primary key (order_id, line_no), in the order they were placed.
 ORDER_BY_ID = """
@@ -61,7 +60,7 @@ ORDER_PAGE = f"""
 async def order_page(pool: ReadPool, params: OrderListing) -> Page[OrderSummary]:
     bound_to = ("orders", *params.bound())
     after_at, after_id = (
-        (None, None) if params.cursor is None else decode_cursor(params.cursor, tuple[datetime, int], bound_to=bound_to)
+        (None, None) if params.cursor is None else decode_cursor(params.cursor, tuple[Instant, Id], bound_to=bound_to)
     )
     rows = await pool.fetch(ORDER_PAGE, list[OrderSummary], *filter_args(params), after_at, after_id, params.limit + 1)
     return page_of(rows, params.limit, lambda order: (order.created_at, order.id), bound_to=bound_to)

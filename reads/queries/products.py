@@ -5,7 +5,7 @@ from __future__ import annotations
 from reads.cursor import decode_cursor, page_of
 from reads.db import ReadPool
 from reads.params import ProductSearch
-from shared.dto import Page, ProductView
+from shared.dto import Id, Page, ProductView
 
 PRODUCT_BY_ID = """
     SELECT to_json(p)::text
@@ -37,7 +37,7 @@ PRODUCT_SEARCH = r"""
 
 async def product_search(pool: ReadPool, params: ProductSearch) -> Page[ProductView]:
     bound_to = ("products", params.q)
-    after = None if params.cursor is None else decode_cursor(params.cursor, int, bound_to=bound_to)
+    after = None if params.cursor is None else decode_cursor(params.cursor, Id, bound_to=bound_to)
     pattern = None if params.q is None else like_pattern(params.q)
     rows = await pool.fetch(PRODUCT_SEARCH, list[ProductView], pattern, after, params.limit + 1)
     return page_of(rows, params.limit, lambda product: product.id, bound_to=bound_to)

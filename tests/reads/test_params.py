@@ -7,6 +7,7 @@ import asyncpg
 import httpx
 import pytest
 
+from reads.cursor import encode_cursor
 from tests.reads.factories import Shop
 
 INJECTIONS = [
@@ -117,3 +118,32 @@ async def test_a_tampered_list_cursor_is_a_400_never_a_500(client: httpx.AsyncCl
         assert response.json()["title"] == "Bad cursor"
     elsewhere = await client.get("/v1/orders", params={"limit": 1, "status": "paid", "cursor": cursor})
     assert elsewhere.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        ("2026-01-01T00:00:00Z", 2**63),
+        ("2026-01-01T00:00:00Z", 0),
+        ("2026-01-01T00:00:00", 5),
+        ("not a time", 5),
+        (5, "2026-01-01T00:00:00Z"),
+    ],
+)
+async def test_a_correctly_sealed_cursor_with_values_no_row_can_have_is_a_400(
+    client: httpx.AsyncClient, position: tuple[object, object]
+) -> None:
+    # The seal's key is in the code, so anyone can forge one: the position is still validated.
+    forged = encode_cursor(position, bound_to=("orders", None, None, None, None))
+
+    response = await client.get("/v1/orders", params={"cursor": forged})
+
+    assert response.status_code == 400, response.text
+
+
+async def test_a_forged_product_cursor_past_bigint_is_a_400(client: httpx.AsyncClient) -> None:
+    forged = encode_cursor(2**64, bound_to=("products", None))
+
+    response = await client.get("/v1/products", params={"cursor": forged})
+
+    assert response.status_code == 400, response.text
