@@ -1,0 +1,177 @@
+"""Idempotency-Key: one effect per key, replays byte for byte, scoped to the caller's token."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+from starlette.applications import Starlette
+
+from shared.app import create_app
+from shared.config import Settings
+from tests.support import AUTH, WRITE_TOKEN, running_client
+from tests.writes.support import assert_problem, new_customer, new_product, place
+
+
+async def test_a_retry_with_the_same_key_replays_the_stored_response_and_runs_nothing_twice(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    customer_id = await new_customer(client)
+    product_id = await new_product(client, stock=10)
+    first = await place(client, customer_id, (product_id, 2), **{"Idempotency-Key": "order-1"})
+    again = await place(client, customer_id, (product_id, 2), **{"Idempotency-Key": "order-1"})
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.content == first.content
+    assert again.headers["location"] == first.headers["location"]
+    assert again.headers["etag"] == first.headers["etag"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await db.fetchval("SELECT count(*) FROM orders") == 1
+    assert await db.fetchval("SELECT stock FROM products") == 8
+
+
+async def test_50_concurrent_requests_with_one_key_make_one_order_and_50_identical_201s(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    customer_id = await new_customer(client)
+    product_id = await new_product(client, stock=100)
+    responses = await asyncio.gather(
+        *(place(client, customer_id, (product_id, 1), **{"Idempotency-Key": "same"}) for _ in range(50))
+    )
+    assert [response.status_code for response in responses] == [201] * 50
+    assert len({response.content for response in responses}) == 1
+    assert sum(response.headers.get("idempotent-replayed") == "true" for response in responses) == 49
+    assert await db.fetchval("SELECT count(*) FROM orders") == 1
+    assert await db.fetchval("SELECT stock FROM products") == 99
+
+
+async def test_the_same_key_with_another_body_or_path_is_422_and_runs_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    key = {"Idempotency-Key": "k"}
+    customer_id = await new_customer(client)
+    product_id = await new_product(client, stock=10)
+    assert (await place(client, customer_id, (product_id, 1), **key)).status_code == 201
+    assert_problem(await place(client, customer_id, (product_id, 2), **key), 422, "Idempotency-Key")
+    other_path = await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 1}, headers={**AUTH, **key})
+    assert_problem(other_path, 422, "Idempotency-Key")
+    assert await db.fetchval("SELECT count(*) FROM orders") == 1
+    assert await db.fetchval("SELECT stock FROM products") == 9
+
+
+async def test_a_failed_request_stores_nothing_so_its_retry_runs(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    key = {"Idempotency-Key": "k"}
+    customer_id = await new_customer(client)
+    product_id = await new_product(client, stock=1)
+    assert_problem(await place(client, customer_id, (product_id, 2), **key), 409, "has 1 in stock")
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 1}, headers=AUTH)
+    retry = await place(client, customer_id, (product_id, 2), **key)
+    assert retry.status_code == 201, retry.text
+    assert "idempotent-replayed" not in retry.headers
+
+
+async def test_keys_are_scoped_to_the_callers_token(settings: Settings, db: asyncpg.Connection) -> None:
+    app = create_app(msgspec.structs.replace(settings, write_api_tokens=(WRITE_TOKEN, "other-token")))
+    async with running_client(app) as client:
+        body = {"email": "a@example.com", "name": "A"}
+        first = await client.post("/v1/customers", json=body, headers={**AUTH, "Idempotency-Key": "k"})
+        other = {"Authorization": "Bearer other-token", "Idempotency-Key": "k"}
+        second = await client.post("/v1/customers", json=body, headers=other)
+    assert first.status_code == 201
+    assert_problem(second, 409, "a@example.com")  # it ran, and met the first one's row
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 1
+
+
+async def test_an_expired_key_is_purged_and_the_request_runs_again(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    key = {**AUTH, "Idempotency-Key": "k"}
+    product_id = await new_product(client, stock=0)
+    assert (await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 1}, headers=key)).is_success
+    await db.execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+    await db.execute(
+        "INSERT INTO idempotency_keys (token_hash, key, fingerprint, status_code, headers, body, expires_at)"
+        " VALUES ('\\x00', 'stale', '\\x00', 200, '{}', '', now() - interval '1 day')"
+    )
+    again = await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 1}, headers=key)
+    assert again.status_code == 200
+    assert "idempotent-replayed" not in again.headers
+    assert await db.fetchval("SELECT stock FROM products") == 2
+    rows = await db.fetch("SELECT key, expires_at > now() AS live FROM idempotency_keys")
+    assert [tuple(row) for row in rows] == [("k", True)]
+
+
+async def test_a_key_is_kept_for_idempotency_ttl_seconds(
+    app: Starlette, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await client.post(
+        "/v1/customers", json={"email": "a@example.com", "name": "A"}, headers={**AUTH, "Idempotency-Key": "k"}
+    )
+    ttl = await db.fetchval("SELECT extract(epoch FROM expires_at - created_at) FROM idempotency_keys")
+    assert ttl == app.state.resources["settings"].idempotency_ttl
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9", "tab\there"])
+async def test_a_malformed_key_is_422_and_writes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, key: str
+) -> None:
+    headers = {name.encode(): value.encode() for name, value in {**AUTH, "Idempotency-Key": key}.items()}
+    response = await client.post("/v1/customers", json={"email": "a@example.com", "name": "A"}, headers=headers)
+    assert_problem(response, 422, "Idempotency-Key")
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+BODY = b'{"email": "a@example.com", "name": "A"}'
+
+
+async def hold_key(db: asyncpg.Connection) -> None:
+    """Insert, inside ``db``'s open transaction, the row a first request with key ``k`` would hold."""
+    token_hash = hashlib.sha256(WRITE_TOKEN.encode()).digest()
+    fingerprint = hashlib.sha256(b"POST\n/v1/customers\n" + BODY).digest()
+    await db.execute(
+        "INSERT INTO idempotency_keys (token_hash, key, fingerprint, status_code, headers, body, expires_at)"
+        " VALUES ($1, 'k', $2, 201, $3, $4, now() + interval '1 hour')",
+        token_hash,
+        fingerprint,
+        b'{"Location": "/v1/customers/99"}',
+        b'{"stored": true}',
+    )
+
+
+async def post_with_key(client: httpx.AsyncClient) -> httpx.Response:
+    headers = {**AUTH, "Idempotency-Key": "k", "Content-Type": "application/json"}
+    return await client.post("/v1/customers", content=BODY, headers=headers)
+
+
+async def test_a_retry_while_the_first_request_runs_waits_for_it_and_replays_its_response(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    first = db.transaction()
+    await first.start()
+    await hold_key(db)
+    retry = asyncio.create_task(post_with_key(client))
+    await asyncio.sleep(0.3)
+    assert not retry.done()
+    await first.commit()
+    response = await retry
+    assert (response.status_code, response.content) == (201, b'{"stored": true}')
+    assert response.headers["location"] == "/v1/customers/99"
+    assert response.headers["idempotent-replayed"] == "true"
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_a_retry_is_409_when_the_first_request_runs_longer_than_the_wait(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    async with db.transaction():
+        await hold_key(db)
+        response = await post_with_key(client)
+    assert_problem(response, 409, "still running")
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0

@@ -1,0 +1,159 @@
+"""POST /v1/orders/import: NDJSON, every line validated, all or nothing, stock untouched."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+
+from shared.app import create_app
+from shared.config import Settings
+from tests.support import AUTH, running_client
+from tests.writes.support import assert_problem, new_customer, new_product
+
+NDJSON = {**AUTH, "Content-Type": "application/x-ndjson"}
+
+
+def line(
+    customer_id: int,
+    *items: tuple[int, int, int],
+    status: str = "paid",
+    created_at: str = "2026-03-04T05:06:07.123456Z",
+) -> dict[str, Any]:
+    return {
+        "customer_id": customer_id,
+        "status": status,
+        "created_at": created_at,
+        "items": [{"product_id": p, "quantity": q, "unit_price_cents": u} for p, q, u in items],
+    }
+
+
+def ndjson(*lines: object) -> bytes:
+    return b"".join(msgspec.json.encode(item) + b"\n" for item in lines)
+
+
+async def nothing_imported(db: asyncpg.Connection) -> bool:
+    counts = await db.fetchrow(
+        "SELECT (SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM order_items) AS items"
+    )
+    return tuple(counts) == (0, 0)
+
+
+async def test_a_good_file_stores_every_order_with_totals_and_leaves_stock_alone(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    ada, bob = await new_customer(client, "ada@example.com"), await new_customer(client, "bob@example.com")
+    mug, tea = await new_product(client, "MUG", stock=5), await new_product(client, "TEA", stock=0)
+    body = ndjson(
+        line(ada, (tea, 3, 100), (mug, 1, 999)),
+        line(bob, (mug, 2, 950), status="shipped", created_at="2025-12-31T23:59:59Z"),
+        line(ada, (tea, 1, 100), status="cancelled"),
+    )
+    response = await client.post("/v1/orders/import", content=body, headers=NDJSON)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"imported": 3}
+    orders = await db.fetch(
+        "SELECT customer_id, status, item_count, total_cents, version, created_at, updated_at FROM orders ORDER BY id"
+    )
+    assert [tuple(order) for order in orders] == [
+        (
+            ada,
+            "paid",
+            4,
+            1299,
+            1,
+            datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
+            datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
+        ),
+        (
+            bob,
+            "shipped",
+            2,
+            1900,
+            1,
+            datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC),
+            datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC),
+        ),
+        (
+            ada,
+            "cancelled",
+            1,
+            100,
+            1,
+            datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
+            datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
+        ),
+    ]
+    items = await db.fetch(
+        "SELECT line_no, product_id, quantity, unit_price_cents FROM order_items ORDER BY order_id, line_no"
+    )
+    assert [tuple(item) for item in items] == [(1, tea, 3, 100), (2, mug, 1, 999), (1, mug, 2, 950), (1, tea, 1, 100)]
+    assert await db.fetchval("SELECT array_agg(stock ORDER BY id) FROM products") == [5, 0]
+
+
+# Identities restart for every test, so the first customer and the first product are both id 1.
+GOOD = line(1, (1, 1, 5))
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        (ndjson(GOOD, GOOD, line(1, (1, 0, 5)), GOOD), ["line 3: Expected `int` >= 1 - at `$.items[0].quantity`"]),
+        (ndjson(GOOD) + b"\n" + b'{"customer_id": 1,\n', ["line 3: Input data was truncated"]),
+        (ndjson(GOOD, {**GOOD, "total_cents": 1}), ["line 2:", "total_cents"]),
+        (ndjson(GOOD, line(1, (1, 1, 5), (1, 2, 5))), ["line 2: product 1 appears on more", "$.items[1].product_id"]),
+        (ndjson(GOOD, line(1, (1, 1, 5), (404, 1, 5))), ["line 2: product 404 not found", "$.items[1].product_id"]),
+        (ndjson(GOOD, GOOD, line(77, (1, 1, 5))), ["line 3: customer 77 not found", "$.customer_id"]),
+    ],
+    ids=["invalid field", "malformed json", "server field", "repeated product", "unknown product", "unknown customer"],
+)
+async def test_a_bad_line_is_422_naming_its_number_and_the_field_and_nothing_is_stored(
+    client: httpx.AsyncClient, db: asyncpg.Connection, body: bytes, fragments: list[str]
+) -> None:
+    assert (await new_customer(client), await new_product(client)) == (1, 1)
+    response = await client.post("/v1/orders/import", content=body, headers=NDJSON)
+    assert_problem(response, 422, *fragments)
+    assert await nothing_imported(db)
+
+
+async def test_an_empty_import_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/orders/import", content=b"\n", headers=NDJSON)
+    assert_problem(response, 422, "no orders")
+
+
+async def test_an_import_sent_as_json_is_415_naming_the_ndjson_type(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/orders/import", content=b"{}", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert_problem(response, 415, "application/x-ndjson")
+
+
+async def test_an_import_over_max_import_bytes_is_413(settings: Settings, db: asyncpg.Connection) -> None:
+    app = create_app(msgspec.structs.replace(settings, max_import_bytes=100))
+    async with running_client(app) as client:
+        ada, mug = await new_customer(client), await new_product(client)
+        body = ndjson(*[line(ada, (mug, 1, 5))] * 2)
+        response = await client.post("/v1/orders/import", content=body, headers=NDJSON)
+    assert_problem(response, 413, "100 bytes")
+    assert await nothing_imported(db)
+
+
+async def test_a_timestamp_without_offset_is_taken_as_utc(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    ada, mug = await new_customer(client), await new_product(client)
+    body = ndjson(line(ada, (mug, 1, 5), created_at="2026-01-01T12:00:00"))
+    assert (await client.post("/v1/orders/import", content=body, headers=NDJSON)).status_code == 200
+    assert await db.fetchval("SELECT created_at FROM orders") == datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+async def test_more_than_100_000_orders_is_422_naming_the_first_line_past_the_limit(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    ada, mug = await new_customer(client), await new_product(client)
+    body = ndjson(line(ada, (mug, 1, 5))) * 100_001
+    response = await client.post("/v1/orders/import", content=body, headers=NDJSON)
+    assert_problem(response, 422, "line 100001:", "at most 100000 orders")
+    assert await nothing_imported(db)

@@ -1,0 +1,113 @@
+"""What every command route does before and around its handler: auth, body checks, pool limits."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+
+from shared.app import create_app
+from shared.config import Settings
+from tests.support import AUTH, running_client
+from tests.writes.support import assert_problem, new_customer, new_order, new_product
+
+
+class WriteRequest(msgspec.Struct, frozen=True):
+    path: str
+    body: object = None
+    content_type: str = "application/json"
+
+    def send(self, client: httpx.AsyncClient, headers: dict[str, str]) -> Awaitable[httpx.Response]:
+        if self.body is None:
+            return client.post(self.path, headers=headers)
+        content = msgspec.json.encode(self.body)
+        return client.post(self.path, content=content, headers={**headers, "Content-Type": self.content_type})
+
+
+async def every_write_request(client: httpx.AsyncClient) -> list[WriteRequest]:
+    """One valid request per write route, against rows that exist."""
+    customer_id = await new_customer(client)
+    product_id = await new_product(client)
+    to_ship = (await new_order(client, customer_id, (product_id, 1)))["id"]
+    to_cancel = (await new_order(client, customer_id, (product_id, 1)))["id"]
+    line = {"product_id": product_id, "quantity": 1}
+    imported = {
+        "customer_id": customer_id,
+        "status": "paid",
+        "created_at": "2026-01-02T03:04:05Z",
+        "items": [{**line, "unit_price_cents": 5}],
+    }
+    return [
+        WriteRequest("/v1/customers", {"email": "b@example.com", "name": "B"}),
+        WriteRequest("/v1/customers/upsert", {"customers": [{"email": "c@example.com", "name": "C"}]}),
+        WriteRequest("/v1/products", {"sku": "NEW", "name": "New", "price_cents": 1, "stock": 1}),
+        WriteRequest(f"/v1/products/{product_id}/restock", {"quantity": 1}),
+        WriteRequest(f"/v1/products/{product_id}/reprice", {"price_cents": 7}),
+        WriteRequest("/v1/orders", {"customer_id": customer_id, "items": [line]}),
+        WriteRequest(f"/v1/orders/{to_ship}/pay"),
+        WriteRequest(f"/v1/orders/{to_ship}/ship"),
+        WriteRequest(f"/v1/orders/{to_cancel}/cancel"),
+        WriteRequest("/v1/orders/import", imported, "application/x-ndjson"),
+    ]
+
+
+async def snapshot(db: asyncpg.Connection) -> list[list[asyncpg.Record]]:
+    tables = ("customers", "products", "orders", "order_items", "idempotency_keys")
+    return [await db.fetch(f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables]
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", "Basic dGVzdDp0ZXN0", "Bearer "])
+async def test_every_write_route_without_a_valid_token_is_401_and_writes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, authorization: str | None
+) -> None:
+    requests = await every_write_request(client)
+    before = await snapshot(db)
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for request in requests:
+        response = await request.send(client, headers)
+        assert_problem(response, 401)
+        assert response.headers["www-authenticate"] == "Bearer", request.path
+    assert await snapshot(db) == before
+
+
+async def test_every_write_route_succeeds_with_the_token(client: httpx.AsyncClient) -> None:
+    """The counterpart of the 401 test: the same requests, with the token, are accepted."""
+    for request in await every_write_request(client):
+        response = await request.send(client, AUTH)
+        assert response.is_success, (request.path, response.text)
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    headers = {**AUTH, "Content-Type": "application/json"}
+    response = await client.post("/v1/customers", content=b'{"email": "a@example.com", "name": ', headers=headers)
+    assert_problem(response, 400)
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_a_body_that_is_not_json_is_415(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    headers = {**AUTH, "Content-Type": "text/plain"}
+    response = await client.post("/v1/customers", content=b'{"email": "a@example.com", "name": "A"}', headers=headers)
+    assert_problem(response, 415, "application/json")
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_a_body_over_max_body_bytes_is_413(settings: Settings, db: asyncpg.Connection) -> None:
+    app = create_app(msgspec.structs.replace(settings, max_body_bytes=64))
+    async with running_client(app) as client:
+        response = await client.post("/v1/customers", json={"email": "a@example.com", "name": "A" * 64}, headers=AUTH)
+    assert_problem(response, 413, "64 bytes")
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_no_free_write_connection_within_the_pool_timeout_is_503_with_retry_after(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    app = create_app(msgspec.structs.replace(settings, write_pool_size=1, write_pool_timeout=0.2))
+    async with running_client(app) as client, app.state.resources["engine"].connect():
+        response = await client.post("/v1/customers", json={"email": "a@example.com", "name": "A"}, headers=AUTH)
+    assert_problem(response, 503, "WRITE_POOL_TIMEOUT")
+    assert response.headers["retry-after"]
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
