@@ -46,8 +46,9 @@ class OrderFilters(Params):
     created_after: Instant | None = None
     created_before: Instant | None = None
 
-    def bound(self) -> tuple[object, ...]:
-        """The filters a cursor is sealed to (limit may change between pages, filters may not)."""
+    def values(self) -> tuple[object, ...]:
+        """The filters as the queries' $1..$4; a list cursor is sealed to them as well (the limit
+        may change from page to page, the filters may not)."""
         return (self.customer_id, self.status, self.created_after, self.created_before)
 
 

@@ -58,16 +58,12 @@ ORDER_PAGE = f"""
 
 
 async def order_page(pool: ReadPool, params: OrderListing) -> Page[OrderSummary]:
-    bound_to = ("orders", *params.bound())
+    bound_to = ("orders", *params.values())
     after_at, after_id = (
         (None, None) if params.cursor is None else decode_cursor(params.cursor, tuple[Instant, Id], bound_to=bound_to)
     )
-    rows = await pool.fetch(ORDER_PAGE, list[OrderSummary], *filter_args(params), after_at, after_id, params.limit + 1)
+    rows = await pool.fetch(ORDER_PAGE, list[OrderSummary], *params.values(), after_at, after_id, params.limit + 1)
     return page_of(rows, params.limit, lambda order: (order.created_at, order.id), bound_to=bound_to)
-
-
-def filter_args(filters: OrderFilters) -> tuple[object, ...]:
-    return (filters.customer_id, filters.status, filters.created_after, filters.created_before)
 
 
 EXPORT_BATCH_SIZE = 1000
@@ -96,7 +92,7 @@ async def order_batches(
     """
     after = 0
     while True:
-        batch = await pool.fetch(EXPORT_BATCH, list[OrderSummary], *filter_args(filters), after, batch_size)
+        batch = await pool.fetch(EXPORT_BATCH, list[OrderSummary], *filters.values(), after, batch_size)
         if not batch:
             return
         yield batch
