@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 
+from shared.app import create_app
+from shared.config import Settings
 from tests.reads.factories import Body, Shop
+from tests.support import running_client
 
 
 async def placed_orders(shop: Shop, count: int) -> list[Body]:
@@ -149,3 +153,19 @@ async def test_list_items_are_order_summaries_equal_to_the_placed_orders(client:
     response = await client.get("/v1/orders")
 
     assert response.json() == {"items": [summary(order) for order in reversed(orders)], "next_cursor": None}
+
+
+async def test_timestamps_read_the_same_when_the_server_time_zone_is_not_utc(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    database = await db.fetchval("SELECT current_database()")
+    await db.execute(f"ALTER DATABASE \"{database}\" SET timezone TO 'Asia/Kolkata'")
+    try:
+        async with running_client(create_app(settings)) as client:
+            (placed,) = await placed_orders(Shop(client, db), 1)
+            read = (await client.get(f"/v1/orders/{placed['id']}")).json()
+    finally:
+        await db.execute(f'ALTER DATABASE "{database}" RESET timezone')
+
+    assert read == placed
+    assert read["created_at"].endswith("Z")
