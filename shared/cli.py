@@ -16,6 +16,7 @@ import click
 import msgspec
 import uvicorn
 
+import writes.seed
 from shared import embedded
 from shared.app import create_app
 from shared.config import ConfigError, Settings, asyncpg_dsn
@@ -114,6 +115,24 @@ def migrate(data_dir: Path | None) -> None:
     settings, _server = with_database(load_settings(), data_dir)
     upgrade_to_head(settings.write_url)
     click.echo(f"schema is at head ({head_revision()})")
+
+
+@main.command()
+@click.option("--customers", default=10_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--products", default=1_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--orders", default=100_000, show_default=True, type=click.IntRange(min=0))
+@DATA_DIR
+def seed(customers: int, products: int, orders: int, data_dir: Path | None) -> None:
+    """Fill the database with demo data through the bulk write paths."""
+    settings, server = with_database(load_settings(), data_dir)
+    if server is not None:
+        upgrade_to_head(settings.write_url)
+    else:
+        require_schema_at_head(settings)
+    counts = writes.seed.SeedCounts(customers=customers, products=products, orders=orders)
+    with click.progressbar(length=counts.total, label="seeding demo data") as bar:
+        asyncio.run(writes.seed.seed(settings, counts, bar.update))
+    click.echo(f"seeded {customers} customers, {products} products and {orders} orders")
 
 
 @main.command()
