@@ -1,22 +1,14 @@
-"""Write routes: authenticate -> decode body -> handler in a unit of work -> response.
-
-Every command runs through ``execute``: once per idempotency key, inside ``writes.db.run`` (which
-retries conflicts and turns database failures into 503s), and answers with bytes that a replay
-can send again unchanged.
-"""
+"""Write routes: one per command, each a thin wiring of body type, handler and reply."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from shared.auth import bearer_token
 from shared.dto import (
     CreateCustomer,
     CreateProduct,
@@ -32,89 +24,16 @@ from shared.dto import (
     UpsertCustomers,
     UpsertResult,
 )
-from shared.errors import NotJson
-from shared.http import ENCODER, decode_json, etag, if_match_version, is_json, path_id, read_body
+from shared.http import if_match_version, path_id
 from shared.openapi import operation
-from writes import handlers, idempotency
-from writes.db import run
+from writes import handlers
 from writes.handlers import OrderImport
-from writes.idempotency import Claim, StoredResponse
+from writes.idempotency import StoredResponse
 from writes.ndjson import MEDIA_TYPES, decode_orders, is_ndjson
+from writes.pipeline import Incoming, Sessions, accept, accept_empty, accept_json, created, execute, ok
 
-T = TypeVar("T")
 C = TypeVar("C")
 V = TypeVar("V")
-
-Sessions = async_sessionmaker[AsyncSession]
-
-
-@dataclass(frozen=True)
-class Incoming(Generic[T]):
-    """An authenticated, decoded command, and its idempotency claim when the client sent a key."""
-
-    command: T
-    claim: Claim | None
-
-
-async def accept(
-    request: Request, decode: Callable[[bytes], T], *, limit: int, wrong_media: str | None = None
-) -> Incoming[T]:
-    # The token is checked before a byte of the body is read: strangers cannot make us buffer.
-    token = bearer_token(request, request.state.settings.write_api_tokens)
-    key = idempotency.idempotency_key(request)
-    if wrong_media is not None:
-        raise NotJson(wrong_media)
-    body = await read_body(request, limit)
-    command = decode(body)
-    return Incoming(command, None if key is None else idempotency.claim_for(request, token, key, body))
-
-
-async def accept_json(request: Request, type_: type[T]) -> Incoming[T]:
-    limit = request.state.settings.max_body_bytes
-    return await accept(
-        request,
-        lambda body: decode_json(body, type_),
-        limit=limit,
-        wrong_media=None if is_json(request) else "Content-Type must be application/json",
-    )
-
-
-async def accept_empty(request: Request) -> Incoming[None]:
-    """Transitions take no body; one that is sent is read (within the limit) and ignored."""
-    return await accept(request, lambda body: None, limit=request.state.settings.max_body_bytes)
-
-
-async def execute(
-    request: Request,
-    incoming: Incoming[Any],
-    work: Callable[[Sessions], Awaitable[V]],
-    reply: Callable[[V], StoredResponse],
-) -> Response:
-    async def respond(sessions: Sessions) -> StoredResponse:
-        return reply(await work(sessions))
-
-    state = request.state
-    claim = incoming.claim
-    if claim is None:
-        stored, replayed = await run(lambda: respond(state.sessions)), False
-    else:
-        stored, replayed = await run(lambda: idempotency.once(state.engine, claim, respond))
-    headers = {**stored.headers, "Idempotent-Replayed": "true"} if replayed else stored.headers
-    return Response(stored.body, status_code=stored.status, headers=headers, media_type="application/json")
-
-
-def ok(view: Any) -> StoredResponse:
-    headers = {"ETag": etag(view.version)} if hasattr(view, "version") else {}
-    return StoredResponse(status=200, headers=headers, body=ENCODER.encode(view))
-
-
-def created(collection: str) -> Callable[[Any], StoredResponse]:
-    def reply(view: Any) -> StoredResponse:
-        response = ok(view)
-        return StoredResponse(201, {**response.headers, "Location": f"{collection}/{view.id}"}, response.body)
-
-    return reply
-
 
 # --- routes ---------------------------------------------------------------------------------------
 
