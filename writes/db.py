@@ -76,6 +76,9 @@ async def ping(engine: AsyncEngine) -> None:
 # Conflicts between concurrent transactions that a fresh attempt usually resolves.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 QUERY_CANCELED = "57014"  # statement_timeout fired
+# SQLSTATE classes that mean the server is away, not ready yet (57P03 while starting up), shutting
+# down, or out of connections: nothing the request did wrong, so a 503 to retry, never a 500.
+UNAVAILABLE_CLASSES = ("08", "57P", "53")
 ATTEMPTS = 3
 
 
@@ -110,6 +113,8 @@ def unavailable(exc: DBAPIError) -> ServiceUnavailable | None:
     code = sqlstate(exc)
     if exc.connection_invalidated:
         return DatabaseUnavailable("write database connection lost")
+    if code is not None and code.startswith(UNAVAILABLE_CLASSES):
+        return DatabaseUnavailable(f"write database unavailable ({code}): {exc.orig}")
     if code == QUERY_CANCELED:
         return ServiceUnavailable("statement exceeded WRITE_STATEMENT_TIMEOUT_MS")
     if code in RETRYABLE_SQLSTATES:

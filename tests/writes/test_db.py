@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -81,3 +83,19 @@ async def test_a_deadlock_is_retried_and_both_units_of_work_complete(
     await asyncio.gather(run(lambda: restock("a", first, second)), run(lambda: restock("b", second, first)))
     assert sorted(attempts.values()) == [1, 2]
     assert await db.fetchval("SELECT array_agg(stock) FROM products") == [2, 2]
+
+
+async def test_a_server_refusing_connections_is_database_unavailable(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    role = f"refused_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    parts = urlsplit(settings.write_url)
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    refused = create_write_engine(msgspec.structs.replace(settings, database_url=as_role))
+    try:
+        with pytest.raises(DatabaseUnavailable, match="53300"):
+            await run(lambda: ping(refused))
+    finally:
+        await refused.dispose()
+        await db.execute(f"DROP ROLE {role}")
