@@ -175,3 +175,17 @@ async def test_a_retry_is_409_when_the_first_request_runs_longer_than_the_wait(
         response = await post_with_key(client)
     assert_problem(response, 409, "still running")
     assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_a_transition_retried_with_its_key_is_replayed_instead_of_refused(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    customer_id = await new_customer(client)
+    order = (await place(client, customer_id, (await new_product(client), 1))).json()
+    headers = {**AUTH, "Idempotency-Key": "pay-once"}
+    first = await client.post(f"/v1/orders/{order['id']}/pay", headers=headers)
+    retry = await client.post(f"/v1/orders/{order['id']}/pay", headers=headers)
+    assert (first.status_code, retry.status_code) == (200, 200)
+    assert retry.content == first.content
+    assert retry.headers["etag"] == first.headers["etag"] == '"2"'
+    assert await db.fetchval("SELECT version FROM orders") == 2
