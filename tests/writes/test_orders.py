@@ -9,8 +9,11 @@ import httpx
 import pytest
 
 from shared.config import Settings
+from shared.errors import InsufficientStock
 from tests.support import AUTH
 from tests.writes.support import assert_problem, new_customer, new_order, new_product, place, rfc3339
+from writes.db import create_session_maker, create_write_engine
+from writes.handlers.orders import move_stock
 
 
 async def stocks(db: asyncpg.Connection) -> dict[int, int]:
@@ -235,3 +238,19 @@ async def test_the_response_timestamps_equal_what_a_raw_read_returns(
     row = await db.fetchrow("SELECT created_at, updated_at FROM orders WHERE id = $1", order["id"])
     assert order["created_at"].endswith("Z")
     assert (order["created_at"], order["updated_at"]) == (rfc3339(row["created_at"]), rfc3339(row["updated_at"]))
+
+
+async def test_the_stock_update_itself_refuses_to_go_below_zero(
+    client: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection
+) -> None:
+    # The handler checks stock under a lock first; this proves the UPDATE's own condition holds the
+    # invariant even when called with more than is there.
+    mug, tea = await new_product(client, "MUG", stock=3), await new_product(client, "TEA", stock=9)
+    engine = create_write_engine(settings)
+    try:
+        with pytest.raises(InsufficientStock, match=f"product {mug}"):
+            async with create_session_maker(engine).begin() as session:
+                await move_stock(session, {mug: -4, tea: -1})
+    finally:
+        await engine.dispose()
+    assert await stocks(db) == {mug: 3, tea: 9}

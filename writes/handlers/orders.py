@@ -125,7 +125,11 @@ async def lock_products(session: AsyncSession, product_ids: dict[int, int]) -> d
 
 
 async def move_stock(session: AsyncSession, deltas: dict[int, int]) -> None:
-    """Add each delta to its product's stock in one statement (the rows are already locked)."""
+    """Add each delta to its product's stock in one conditional statement: a row whose stock the
+    delta would take below zero is left alone, and then nothing of the order is kept (409).
+
+    The rows are already locked and checked, so the condition never refuses here; it is what keeps
+    the invariant true at the statement itself, whatever the code before it does."""
     batch = (
         func.unnest(
             bindparam("ids", list(deltas), type_=ARRAY(BigInteger)),
@@ -136,11 +140,15 @@ async def move_stock(session: AsyncSession, deltas: dict[int, int]) -> None:
     )
     statement = (
         update(Product)
-        .where(Product.id == batch.c.id)
+        .where(Product.id == batch.c.id, Product.stock + batch.c.delta >= 0)
         .values(stock=Product.stock + batch.c.delta, version=Product.version + 1, updated_at=func.now())
+        .returning(Product.id)
         .execution_options(synchronize_session=False)
     )
-    await session.execute(statement)
+    moved = set(await session.scalars(statement))
+    if len(moved) != len(deltas):
+        short = ", ".join(f"product {product_id}" for product_id in sorted(set(deltas) - moved))
+        raise InsufficientStock(f"{short}: not enough in stock")
 
 
 async def change_status(session: AsyncSession, order_id: int, if_match: int | None, rule: Transition) -> None:
