@@ -8,22 +8,19 @@ such as ``?stauts=paid`` is an error instead of a silently unfiltered list.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, TypeVar
 
 import msgspec
 from msgspec import Meta
 from starlette.requests import Request
 
-from shared.dto import Id, OrderStatus
+from shared.dto import Id, Instant, OrderStatus
 from shared.errors import InvalidInput
 
 P = TypeVar("P", bound=msgspec.Struct)
 
 Limit = Annotated[int, Meta(ge=1, le=100)]
 Days = Annotated[int, Meta(ge=1, le=366)]
-# RFC 3339 with an offset: a timestamp without one names no instant.
-Instant = Annotated[datetime, Meta(tz=True)]
 # PostgreSQL text cannot hold NUL, so it is refused here rather than failing in the driver.
 SearchText = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00]*$")]
 

@@ -23,6 +23,8 @@ Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@
 Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"\S")]
 Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
 OrderStatus = Literal["pending", "paid", "shipped", "cancelled"]
+# RFC 3339 requires an offset; a timestamp without one names no instant, so it is refused.
+Instant = Annotated[datetime, Meta(tz=True)]
 
 T = TypeVar("T")
 
@@ -79,7 +81,7 @@ class ImportedOrder(Command):
 
     customer_id: Id
     status: OrderStatus
-    created_at: datetime
+    created_at: Instant
     items: Annotated[list[ImportedLine], Meta(min_length=1, max_length=100)]
 
 

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 from reads.cursor import decode_cursor, page_of
 from reads.db import ReadPool
-from reads.params import Instant, OrderFilters, OrderListing
-from shared.dto import Id, OrderSummary, OrderView, Page
+from reads.params import OrderFilters, OrderListing
+from shared.dto import Id, Instant, OrderSummary, OrderView, Page
 
 # Items come from the order_items primary key (order_id, line_no), in the order they were placed.
 ORDER_BY_ID = """

@@ -142,9 +142,21 @@ async def test_an_import_over_max_import_bytes_is_413(settings: Settings, db: as
     assert await nothing_imported(db)
 
 
-async def test_a_timestamp_without_offset_is_taken_as_utc(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+async def test_a_timestamp_without_offset_is_422_naming_the_line(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
     ada, mug = await new_customer(client), await new_product(client)
-    body = ndjson(line(ada, (mug, 1, 5), created_at="2026-01-01T12:00:00"))
+    body = ndjson(line(ada, (mug, 1, 5)), line(ada, (mug, 1, 5), created_at="2026-01-01T12:00:00"))
+    response = await client.post("/v1/orders/import", content=body, headers=NDJSON)
+    assert_problem(response, 422, "line 2:", "$.created_at")
+    assert await nothing_imported(db)
+
+
+async def test_a_timestamp_with_an_offset_is_stored_as_that_instant(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    ada, mug = await new_customer(client), await new_product(client)
+    body = ndjson(line(ada, (mug, 1, 5), created_at="2026-01-01T14:00:00+02:00"))
     assert (await client.post("/v1/orders/import", content=body, headers=NDJSON)).status_code == 200
     assert await db.fetchval("SELECT created_at FROM orders") == datetime(2026, 1, 1, 12, tzinfo=UTC)
 

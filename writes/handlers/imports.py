@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 from sqlalchemy import BigInteger, any_, bindparam, insert, select
@@ -51,15 +50,13 @@ async def import_orders(command: OrderImport, sessions: async_sessionmaker[Async
 
 
 def _order_row(order: ImportedOrder) -> dict[str, Any]:
-    # RFC 3339 wants an offset; a timestamp without one is taken as UTC, never as the server's zone.
-    created_at = order.created_at if order.created_at.tzinfo else order.created_at.replace(tzinfo=UTC)
     return {
         "customer_id": order.customer_id,
         "status": order.status,
         "item_count": sum(item.quantity for item in order.items),
         "total_cents": sum(item.quantity * item.unit_price_cents for item in order.items),
-        "created_at": created_at,
-        "updated_at": created_at,
+        "created_at": order.created_at,
+        "updated_at": order.created_at,
     }
 
 
