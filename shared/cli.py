@@ -56,6 +56,17 @@ def with_database(settings: Settings, data_dir: Path | None) -> tuple[Settings, 
     return msgspec.structs.replace(settings, database_url=url), server
 
 
+def with_schema_at_head(data_dir: Path | None) -> tuple[Settings, Any]:
+    """``with_database``, and a schema at head: the embedded database is migrated, a configured
+    one must already be (its operator decides when to migrate)."""
+    settings, server = with_database(load_settings(), data_dir)
+    if server is not None:
+        upgrade_to_head(settings.write_url)
+    else:
+        require_schema_at_head(settings)
+    return settings, server
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
@@ -63,11 +74,7 @@ def with_database(settings: Settings, data_dir: Path | None) -> tuple[Settings, 
 @DATA_DIR
 def serve(host: str, port: int, workers: int, data_dir: Path | None) -> None:
     """Serve the API (on the embedded PostgreSQL when DATABASE_URL is unset)."""
-    settings, server = with_database(load_settings(), data_dir)
-    if server is not None:
-        upgrade_to_head(settings.write_url)
-    else:
-        require_schema_at_head(settings)
+    settings, server = with_schema_at_head(data_dir)
     if not settings.write_api_tokens:
         token = secrets.token_urlsafe(24)
         settings = msgspec.structs.replace(settings, write_api_tokens=(token,))
@@ -124,11 +131,7 @@ def migrate(data_dir: Path | None) -> None:
 @DATA_DIR
 def seed(customers: int, products: int, orders: int, data_dir: Path | None) -> None:
     """Fill the database with demo data through the bulk write paths."""
-    settings, server = with_database(load_settings(), data_dir)
-    if server is not None:
-        upgrade_to_head(settings.write_url)
-    else:
-        require_schema_at_head(settings)
+    settings, _server = with_schema_at_head(data_dir)
     counts = writes.seed.SeedCounts(customers=customers, products=products, orders=orders)
     with click.progressbar(length=counts.total, label="seeding demo data") as bar:
         asyncio.run(writes.seed.seed(settings, counts, bar.update))
