@@ -63,6 +63,10 @@ class Product(Base):
     __table_args__ = (
         CheckConstraint("price_cents >= 0", name="price_cents_nonnegative"),
         CheckConstraint("stock >= 0", name="stock_nonnegative"),
+        # Product search is a substring match (ILIKE '%q%'), which no btree serves; trigram GIN
+        # indexes find the few rows holding a rare q instead of scanning every product.
+        Index("ix_products_name_trgm", "name", postgresql_using="gin", postgresql_ops={"name": "gin_trgm_ops"}),
+        Index("ix_products_sku_trgm", "sku", postgresql_using="gin", postgresql_ops={"sku": "gin_trgm_ops"}),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

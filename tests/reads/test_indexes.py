@@ -1,4 +1,4 @@
-"""The hot queries are served by indexes, never a sequential scan of orders, at a realistic size.
+"""The hot queries are served by indexes, never a sequential scan of orders or products, at a realistic size.
 
 The plans are taken on a read-pool connection, so they are planned as the service plans them
 (with each execution's values: see ``reads.db``).
@@ -17,9 +17,11 @@ from starlette.applications import Starlette
 
 from reads.queries.customers import CUSTOMER_DETAIL
 from reads.queries.orders import ORDER_BY_ID, ORDER_PAGE
+from reads.queries.products import PRODUCT_SEARCH, like_pattern
 from tests.support import running_client
 
 ORDERS = 20_000
+PRODUCTS = 100_000  # the size at which a scan of every product starts to show (tens of ms)
 CUSTOMERS = 200
 SOME_TIME = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -73,3 +75,24 @@ async def test_query_plan_has_no_sequential_scan_on_orders(
     }
     assert scans, name
     assert all(node_type != "Seq Scan" for node_type, _ in scans), (name, scans)
+
+
+@pytest.fixture
+async def many_products(db: asyncpg.Connection) -> None:
+    await db.execute(
+        "INSERT INTO products (sku, name, price_cents, stock)"
+        " SELECT 'SKU-' || n, 'Product number ' || n, 100, 1 FROM generate_series(1, $1) n",
+        PRODUCTS,
+    )
+    await db.execute("ANALYZE products")
+
+
+@pytest.mark.usefixtures("many_products")
+async def test_a_search_for_a_rare_substring_uses_the_trigram_indexes_not_a_scan(app: Starlette) -> None:
+    async with running_client(app), app.state.resources["reads"].connection() as connection:
+        plan = json.loads(
+            await connection.fetchval(f"EXPLAIN (FORMAT JSON) {PRODUCT_SEARCH}", like_pattern("number 12345"), None, 21)
+        )[0]["Plan"]
+    indexes = {node.get("Index Name") for node in nodes(plan) if node["Node Type"] == "Bitmap Index Scan"}
+    assert not any(node["Node Type"] == "Seq Scan" for node in nodes(plan)), plan
+    assert indexes == {"ix_products_name_trgm", "ix_products_sku_trgm"}, plan
