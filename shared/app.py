@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: api_error, HTTPException: http_error},
+        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
     )
 
 
@@ -81,6 +81,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     body = Problem(type="about:blank", title=exc.detail, status=exc.status_code, detail=exc.detail)
     return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    # A 500 is always a bug: the client gets problem+json without internals, the log the traceback
+    # (Starlette re-raises the exception after this response is sent).
+    body = Problem(type="about:blank", title="Internal Server Error", status=500, detail="unexpected error")
+    return ProblemResponse(body, status_code=500)
 
 
 async def healthz(request: Request) -> Response:

@@ -95,11 +95,9 @@ class CustomerView(msgspec.Struct, frozen=True):
     created_at: datetime
 
 
-class CustomerDetail(msgspec.Struct, frozen=True):
-    id: int
-    email: str
-    name: str
-    created_at: datetime
+class CustomerDetail(CustomerView, frozen=True):
+    """``CustomerView`` and two aggregates over the customer's orders."""
+
     order_count: int
     lifetime_value_cents: int
 

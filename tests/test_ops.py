@@ -6,6 +6,9 @@ import time
 
 import httpx
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from shared.app import create_app
 from shared.config import Settings
@@ -72,3 +75,17 @@ async def test_openapi_is_3_1_and_lists_every_route(app: Starlette, client: http
             for method in methods - {"HEAD"}:
                 assert (method, path) in described, f"{method} {path} missing from /openapi.json"
     assert "Problem" in document["components"]["schemas"]
+
+
+async def test_an_unexpected_error_is_a_problem_json_500_without_internals(settings: Settings) -> None:
+    app = create_app(settings)
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("secret internals")
+
+    app.router.routes.append(Route("/broken", broken))
+    async with running_client(app, raise_app_exceptions=False) as client:
+        response = await client.get("/broken")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "secret" not in response.text
