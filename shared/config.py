@@ -21,6 +21,10 @@ MiB = 1024 * 1024
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 Seconds = Annotated[float, Meta(gt=0)]
+# PostgreSQL's statement_timeout is an int4 of milliseconds.
+TimeoutMs = Annotated[int, Meta(ge=0, le=2_147_483_647)]
+# Ten years: a longer TTL is a typo, and past datetime's range it would break every keyed command.
+TtlSeconds = Annotated[int, Meta(ge=1, le=10 * 365 * 86_400)]
 
 
 class ConfigError(Exception):
@@ -39,19 +43,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     write_pool_timeout: Seconds = 2.0
     write_pool_recycle: PositiveInt = 1800
     write_pool_pre_ping: bool = True
-    write_statement_timeout_ms: NonNegativeInt = 5000
+    write_statement_timeout_ms: TimeoutMs = 5000
 
     read_pool_min_size: NonNegativeInt = 2
     read_pool_max_size: PositiveInt = 10
     read_pool_acquire_timeout: Seconds = 1.0
     read_pool_max_inactive_lifetime: Annotated[float, Meta(ge=0)] = 300.0
     read_statement_cache_size: NonNegativeInt = 256
-    read_statement_timeout_ms: NonNegativeInt = 2000
+    read_statement_timeout_ms: TimeoutMs = 2000
 
     pgbouncer: bool = False
     write_api_tokens: tuple[str, ...] = ()
     read_api_tokens: tuple[str, ...] = ()
-    idempotency_ttl: PositiveInt = 86_400
+    idempotency_ttl: TtlSeconds = 86_400
     max_body_bytes: PositiveInt = 1 * MiB
     max_import_bytes: PositiveInt = 64 * MiB
 
@@ -121,7 +125,11 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def _check_postgres_url(variable: str, url: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check (":abc" raises)
+    except ValueError as exc:
+        raise ConfigError(f"{variable} is not a valid URL ({exc}): use postgresql://user:pass@host:port/db") from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"{variable} must look like postgresql://user:pass@host:port/db, got scheme {parts.scheme!r}")
     if not parts.path.strip("/"):

@@ -58,6 +58,12 @@ def test_values_are_typed_from_strings() -> None:
         ("IDEMPOTENCY_TTL", "0"),
         ("DATABASE_URL", "mysql://u:p@h/db"),
         ("DATABASE_URL", "postgresql://u:p@h:5432"),
+        ("DATABASE_URL", "postgresql://u:p@127.0.0.1:abc/db"),
+        ("DATABASE_URL", "postgresql://[bad/db"),
+        ("DATABASE_URL", "postgresql://u:p@h:99999/db"),
+        ("IDEMPOTENCY_TTL", "99999999999999999999"),
+        ("WRITE_STATEMENT_TIMEOUT_MS", "99999999999"),
+        ("READ_STATEMENT_TIMEOUT_MS", "2147483648"),
     ],
 )
 def test_an_invalid_value_is_refused_naming_the_variable(variable: str, value: str) -> None:
