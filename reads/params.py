@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta
 from starlette.requests import Request
 
-from shared.dto import Id, Instant, OrderStatus
+from shared.dto import Id, Instant, OrderStatus, require_utc_representable
 from shared.errors import InvalidInput
 
 P = TypeVar("P", bound=msgspec.Struct)
@@ -42,6 +42,10 @@ class OrderFilters(Params):
     status: OrderStatus | None = None
     created_after: Instant | None = None
     created_before: Instant | None = None
+
+    def __post_init__(self) -> None:
+        require_utc_representable(self.created_after, "created_after")
+        require_utc_representable(self.created_before, "created_before")
 
     def values(self) -> tuple[object, ...]:
         """The filters as the queries' $1..$4; a list cursor is sealed to them as well (the limit

@@ -6,7 +6,7 @@ fields: a client that tries to set ``id``, ``status`` or ``version`` gets a 422,
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
@@ -19,12 +19,26 @@ Cents = Annotated[int, Meta(ge=0, le=100_000_000_000)]
 StockLevel = Annotated[int, Meta(ge=0, le=1_000_000_000)]
 RestockQuantity = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 LineQuantity = Annotated[int, Meta(ge=1, le=1000)]
-Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"\S")]
+# PostgreSQL text cannot hold NUL (\x00), so no string that reaches it may contain one. The lengths
+# are checked before the patterns, which bounds the patterns' work.
+Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^\s*[^\s\x00][^\x00]*$")]
 Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
 OrderStatus = Literal["pending", "paid", "shipped", "cancelled"]
 # RFC 3339 requires an offset; a timestamp without one names no instant, so it is refused.
 Instant = Annotated[datetime, Meta(tz=True)]
+
+
+def require_utc_representable(value: datetime | None, field: str) -> None:
+    """Refuse an instant whose UTC time falls outside years 1..9999 (``0001-01-01T00:00:00+14:00``):
+    the driver sends timestamps in UTC and could not encode it. Call from ``__post_init__``."""
+    if value is None:
+        return
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"`{field}` must fall within the years 1 to 9999 in UTC") from None
+
 
 T = TypeVar("T")
 
@@ -83,6 +97,9 @@ class ImportedOrder(Command):
     status: OrderStatus
     created_at: Instant
     items: Annotated[list[ImportedLine], Meta(min_length=1, max_length=100)]
+
+    def __post_init__(self) -> None:
+        require_utc_representable(self.created_at, "created_at")
 
 
 # --- views ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import msgspec
@@ -64,6 +65,8 @@ def decode_json(data: bytes, type_: type[T]) -> T:
         raise InvalidInput(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise MalformedJson(str(exc)) from None
+    except UnicodeDecodeError:
+        raise MalformedJson("body is not valid UTF-8") from None
 
 
 def is_json(request: Request) -> bool:
@@ -74,7 +77,8 @@ def is_json(request: Request) -> bool:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing with 413 as soon as it passes ``limit`` (before reading it all)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -97,13 +101,20 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def if_match_version(request: Request) -> int | None:
-    """The version named by ``If-Match: "<version>"``; a value that is no version matches nothing."""
+STRONG_VERSION_TAG = re.compile(r'"([0-9]{1,10})"')
+MAX_VERSION = 2**31 - 1  # versions are int4 columns
+
+
+def if_match_versions(request: Request) -> frozenset[int] | None:
+    """The versions ``If-Match`` names; None when it is absent or ``*`` (any current version).
+
+    RFC 9110 compares If-Match strongly, so a weak (``W/``) or malformed tag names no version: a
+    request whose tags name none of the current version gets a 412 and changes nothing."""
     header = request.headers.get("if-match")
     if header is None or header.strip() == "*":
         return None
-    tag = header.strip().removeprefix("W/").strip('"')
-    return int(tag) if tag.isdigit() else -1
+    matches = (STRONG_VERSION_TAG.fullmatch(tag.strip()) for tag in header.split(","))
+    return frozenset(v for m in matches if m is not None and (v := int(m.group(1))) <= MAX_VERSION)
 
 
 def path_id(request: Request, kind: str) -> int:

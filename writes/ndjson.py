@@ -33,6 +33,8 @@ def decode_orders(body: bytes) -> OrderImport:
             orders.append(decoder.decode(line))
         except msgspec.DecodeError as exc:  # malformed JSON and schema violations alike
             raise InvalidInput(f"line {number}: {exc}") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"line {number}: not valid UTF-8") from None
         lines.append(number)
     if not orders:
         raise InvalidInput("the body holds no orders")

@@ -24,10 +24,11 @@ from shared.dto import (
     UpsertCustomers,
     UpsertResult,
 )
-from shared.http import if_match_version, path_id
+from shared.http import if_match_versions, path_id
 from shared.openapi import operation
 from writes import handlers
 from writes.handlers import OrderImport
+from writes.handlers.orders import IfMatch
 from writes.idempotency import StoredResponse
 from writes.ndjson import MEDIA_TYPES, decode_orders, is_ndjson
 from writes.pipeline import Incoming, Sessions, accept, accept_empty, accept_json, created, execute, ok
@@ -73,7 +74,7 @@ def product_change(summary: str, body: type[C], handler: Callable[[int, C, Sessi
     return Route(f"/v1/products/{{id:int}}/{verb}", endpoint, methods=["POST"])
 
 
-def transition(summary: str, handler: Callable[[int, int | None, Sessions], Awaitable[OrderView]]) -> Route:
+def transition(summary: str, handler: Callable[[int, IfMatch, Sessions], Awaitable[OrderView]]) -> Route:
     @operation(
         summary,
         tag="orders",
@@ -82,7 +83,7 @@ def transition(summary: str, handler: Callable[[int, int | None, Sessions], Awai
     )
     async def endpoint(request: Request) -> Response:
         incoming = await accept_empty(request)
-        order_id, if_match = path_id(request, "order"), if_match_version(request)
+        order_id, if_match = path_id(request, "order"), if_match_versions(request)
         return await execute(request, incoming, lambda s: handler(order_id, if_match, s), ok)
 
     verb = handler.__name__.removesuffix("_order")

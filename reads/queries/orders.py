@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from reads.cursor import decode_cursor, page_of
 from reads.db import ReadPool
 from reads.params import OrderFilters, OrderListing
-from shared.dto import Id, Instant, OrderSummary, OrderView, Page
+from shared.dto import Id, Instant, OrderSummary, OrderView, Page, require_utc_representable
+from shared.errors import BadCursor
 
 # Items come from the order_items primary key (order_id, line_no), in the order they were placed.
 ORDER_BY_ID = """
@@ -59,11 +60,19 @@ ORDER_PAGE = f"""
 
 async def order_page(pool: ReadPool, params: OrderListing) -> Page[OrderSummary]:
     bound_to = ("orders", *params.values())
-    after_at, after_id = (
-        (None, None) if params.cursor is None else decode_cursor(params.cursor, tuple[Instant, Id], bound_to=bound_to)
-    )
+    after_at, after_id = (None, None) if params.cursor is None else after_row(params.cursor, bound_to)
     rows = await pool.fetch(ORDER_PAGE, list[OrderSummary], *params.values(), after_at, after_id, params.limit + 1)
     return page_of(rows, params.limit, lambda order: (order.created_at, order.id), bound_to=bound_to)
+
+
+def after_row(cursor: str, bound_to: tuple[object, ...]) -> tuple[Instant, int]:
+    """The (created_at, id) a list cursor carries; one forged past what the driver can send is a 400."""
+    after_at, after_id = decode_cursor(cursor, tuple[Instant, Id], bound_to=bound_to)
+    try:
+        require_utc_representable(after_at, "cursor")
+    except ValueError:
+        raise BadCursor("cursor does not fit this query") from None
+    return after_at, after_id
 
 
 EXPORT_BATCH_SIZE = 1000

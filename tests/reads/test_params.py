@@ -53,6 +53,10 @@ STRING_PARAMETERS = [
         ("/v1/orders", "customer_id=9223372036854775808", "$.customer_id"),
         ("/v1/orders", "created_after=2026-01-01T00:00:00", "$.created_after"),
         ("/v1/orders", "created_before=yesterday", "$.created_before"),
+        # Valid RFC 3339, but outside the years 1..9999 once in UTC: the driver could not send it.
+        ("/v1/orders", "created_after=0001-01-01T00:00:00%2B14:00", "created_after"),
+        ("/v1/orders", "created_before=9999-12-31T23:59:59-14:00", "created_before"),
+        ("/v1/exports/orders", "created_after=0001-01-01T00:00:00%2B14:00", "created_after"),
         ("/v1/stats/revenue/daily", "days=0", "$.days"),
         ("/v1/stats/revenue/daily", "days=367", "$.days"),
         ("/v1/stats/products/top", "limit=101", "$.limit"),
@@ -128,6 +132,7 @@ async def test_a_tampered_list_cursor_is_a_400_never_a_500(client: httpx.AsyncCl
         ("2026-01-01T00:00:00", 5),
         ("not a time", 5),
         (5, "2026-01-01T00:00:00Z"),
+        ("0001-01-01T00:00:00+14:00", 5),
     ],
 )
 async def test_a_correctly_sealed_cursor_with_values_no_row_can_have_is_a_400(

@@ -25,6 +25,10 @@ class Line(Protocol):
     def quantity(self) -> int: ...
 
 
+# The versions a client's If-Match names; None when it named none (no precondition).
+IfMatch = frozenset[int] | None
+
+
 class Transition(NamedTuple):
     verb: str
     sources: tuple[OrderStatus, ...]
@@ -65,19 +69,19 @@ async def place_order(command: PlaceOrder, sessions: async_sessionmaker[AsyncSes
         return order_view(order)
 
 
-async def pay_order(order_id: int, if_match: int | None, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
+async def pay_order(order_id: int, if_match: IfMatch, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
     async with sessions.begin() as session:
         await change_status(session, order_id, if_match, PAY)
         return order_view(await load_order(session, order_id))
 
 
-async def ship_order(order_id: int, if_match: int | None, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
+async def ship_order(order_id: int, if_match: IfMatch, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
     async with sessions.begin() as session:
         await change_status(session, order_id, if_match, SHIP)
         return order_view(await load_order(session, order_id))
 
 
-async def cancel_order(order_id: int, if_match: int | None, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
+async def cancel_order(order_id: int, if_match: IfMatch, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
     async with sessions.begin() as session:
         await change_status(session, order_id, if_match, CANCEL)
         order = await load_order(session, order_id)
@@ -151,12 +155,12 @@ async def move_stock(session: AsyncSession, deltas: dict[int, int]) -> None:
         raise InsufficientStock(f"{short}: not enough in stock")
 
 
-async def change_status(session: AsyncSession, order_id: int, if_match: int | None, rule: Transition) -> None:
+async def change_status(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> None:
     """Compare-and-set in one UPDATE: the status (and the version, with If-Match) must still be
     what the rule allows; when no row matched, ``explain_refusal`` says why."""
     conditions = [Order.id == order_id, Order.status.in_(rule.sources)]
     if if_match is not None:
-        conditions.append(Order.version == if_match)
+        conditions.append(Order.version.in_(if_match))
     statement = (
         update(Order)
         .where(*conditions)
@@ -167,12 +171,15 @@ async def change_status(session: AsyncSession, order_id: int, if_match: int | No
         await explain_refusal(session, order_id, if_match, rule)
 
 
-async def explain_refusal(session: AsyncSession, order_id: int, if_match: int | None, rule: Transition) -> None:
+async def explain_refusal(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> None:
     row = (await session.execute(select(Order.status, Order.version).where(Order.id == order_id))).one_or_none()
     if row is None:
         raise NotFound(f"order {order_id} not found")
-    if if_match is not None and row.version != if_match:
-        raise VersionMismatch(f"order {order_id} is at version {row.version}, not {if_match}")
+    if if_match is not None and row.version not in if_match:
+        raise VersionMismatch(
+            f"order {order_id} is at version {row.version}; If-Match names "
+            + (", ".join(f'"{version}"' for version in sorted(if_match)) or "no valid version")
+        )
     raise InvalidTransition(f"order {order_id} is {row.status}; {rule.verb} needs {' or '.join(rule.sources)}")
 
 
