@@ -21,7 +21,7 @@ from shared.config import Settings
 from shared.dto import Problem
 from shared.errors import ApiError
 from shared.http import ProblemResponse, problem_response
-from shared.openapi import build_openapi
+from shared.openapi import build_openapi, operation
 from shared.schema import head_revision
 
 VERSION = "0.1.0"
@@ -53,18 +53,19 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await engine.dispose()
 
-    routes: list[BaseRoute] = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        *writes.routes.ROUTES,
-        *reads.routes.ROUTES,
-    ]
-    openapi = build_openapi(routes, title="orders-api", version=VERSION)
-
+    @operation("The OpenAPI 3.1 document of every route", tag="operations", responses={200: None})
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
 
-    routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        *writes.routes.ROUTES,
+        *reads.routes.ROUTES,
+    ]
+    # Built once, from the same table the app serves (openapi_json reads it when called).
+    openapi = build_openapi(routes, title="orders-api", version=VERSION)
     return Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -90,10 +91,16 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return ProblemResponse(body, status_code=500)
 
 
+@operation("Liveness: 200 while the process runs", tag="operations", responses={200: None})
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+@operation(
+    "Readiness: both pools answer and the schema is at the migration head",
+    tag="operations",
+    responses={200: None, 503: None},
+)
 async def readyz(request: Request) -> Response:
     """200 when both pools answer and the schema is at head; else 503 naming each failure."""
     state = request.state

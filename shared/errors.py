@@ -22,9 +22,6 @@ class MalformedJson(ApiError): ...
 class BadCursor(ApiError): ...
 
 
-class BadParameter(ApiError): ...
-
-
 # 401
 class Unauthenticated(ApiError):
     headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012
@@ -88,7 +85,6 @@ class ProblemKind(NamedTuple):
 PROBLEMS: dict[type[ApiError], ProblemKind] = {
     MalformedJson: ProblemKind(400, "Malformed JSON"),
     BadCursor: ProblemKind(400, "Bad cursor"),
-    BadParameter: ProblemKind(400, "Bad query parameter"),
     Unauthenticated: ProblemKind(401, "Missing or invalid bearer token"),
     NotFound: ProblemKind(404, "Not found"),
     EmailTaken: ProblemKind(409, "Email already taken"),

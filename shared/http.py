@@ -16,7 +16,6 @@ from shared.errors import (
     InvalidInput,
     MalformedJson,
     NotFound,
-    NotJson,
     problem_kind,
     problem_type,
 )
@@ -69,9 +68,14 @@ def decode_json(data: bytes, type_: type[T]) -> T:
         raise MalformedJson("body is not valid UTF-8") from None
 
 
+def media_type(request: Request) -> str:
+    """The request's Content-Type without parameters, lower-cased (``""`` when absent)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def is_json(request: Request) -> bool:
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+    kind = media_type(request)
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -88,13 +92,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def decode_body(request: Request, type_: type[T]) -> T:
-    if not is_json(request):
-        raise NotJson("Content-Type must be application/json")
-    body = await read_body(request, request.state.settings.max_body_bytes)
-    return decode_json(body, type_)
 
 
 def etag(version: int) -> str:

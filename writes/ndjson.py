@@ -7,7 +7,7 @@ from starlette.requests import Request
 
 from shared.dto import ImportedOrder
 from shared.errors import InvalidInput
-from shared.http import decoder_for
+from shared.http import decoder_for, media_type
 from writes.handlers import OrderImport
 
 MEDIA_TYPES = ("application/x-ndjson", "application/jsonl")
@@ -15,7 +15,7 @@ MAX_ORDERS = 100_000
 
 
 def is_ndjson(request: Request) -> bool:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower() in MEDIA_TYPES
+    return media_type(request) in MEDIA_TYPES
 
 
 def decode_orders(body: bytes) -> OrderImport:
