@@ -1,12 +1,13 @@
 """The read pool: a raw asyncpg pool, reached only through ``ReadPool.connection()``.
 
 Every acquire is bounded by ``READ_POOL_ACQUIRE_TIMEOUT``: when the pool is exhausted the client
-gets a 503 with ``Retry-After`` instead of a request that hangs. This seam is where pool metrics
-and load shedding hook in.
+gets a 503 with ``Retry-After`` instead of a request that hangs. A query whose connection dies under
+it is retried once on a fresh one. This seam is where pool metrics and load shedding hook in.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -14,19 +15,14 @@ from typing import Any, TypeVar
 import asyncpg
 
 from shared.config import Settings
-from shared.errors import DatabaseUnavailable, PoolExhausted, ServiceUnavailable
+from shared.dbfailures import READ, Failure, classify, exhausted, unavailable
+from shared.errors import ConnectionLost
 from shared.http import decoder_for
 from shared.schema import CURRENT_REVISION_SQL
 
 T = TypeVar("T")
 
-# The driver's ways of saying "the server is not there (any more)".
-CONNECTION_ERRORS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-)
+log = logging.getLogger("orders_api.database")
 
 
 async def create_read_pool(settings: Settings) -> Any:
@@ -56,40 +52,72 @@ async def create_read_pool(settings: Settings) -> Any:
     )
 
 
+def _is_dead(connection: Any) -> bool:
+    try:
+        return bool(connection.is_closed())
+    except asyncpg.InterfaceError:  # the pool took it back already: it closed under the statement
+        return True
+
+
 class ReadPool:
     def __init__(self, pool: Any, acquire_timeout: float) -> None:
         self.pool = pool
         self.acquire_timeout = acquire_timeout
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        """One connection for one round trip or batch, released even when the request is cancelled."""
+    async def connection(self, wait: float | None = None) -> AsyncIterator[Any]:
+        """One connection for one round trip or batch, released even when the request is cancelled.
+
+        The acquire waits ``wait`` seconds at most (default ``READ_POOL_ACQUIRE_TIMEOUT``). Every
+        driver failure leaves as a 503 (``shared.dbfailures``): ``ConnectionLost`` when the
+        connection died under the statement, which a caller may retry on a fresh one."""
+        timeout = self.acquire_timeout if wait is None else wait
         try:
-            connection = await self.pool.acquire(timeout=self.acquire_timeout)
+            connection = await self.pool.acquire(timeout=timeout)
         except TimeoutError:
-            raise PoolExhausted(
-                f"no read connection free within {self.acquire_timeout} s (READ_POOL_ACQUIRE_TIMEOUT)"
-            ) from None
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(f"read database unreachable: {exc}") from None
+            raise exhausted(READ, timeout) from None
+        except Exception as exc:
+            # Opening a connection failed: whatever the driver said, the database is not there for us.
+            raise unavailable(classify(exc) or Failure.UNAVAILABLE, READ, exc) from None
         try:
             yield connection
-        except asyncpg.QueryCanceledError:
-            raise ServiceUnavailable("query exceeded READ_STATEMENT_TIMEOUT_MS") from None
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(f"read database connection lost: {exc}") from None
+        except Exception as exc:
+            failure = classify(exc, connection_closed=_is_dead(connection))
+            if failure is None:
+                raise
+            if failure is Failure.LOST and not _is_dead(connection):
+                connection.terminate()  # never hand a half-dead connection to the next request
+            raise unavailable(failure, READ, exc) from None
         finally:
-            await self.pool.release(connection)
+            await self._release(connection)
 
-    async def find(self, sql: str, view: type[T], *args: object) -> T | None:
-        """Run ``sql`` (one round trip) whose one value is ``view`` as JSON text; None for no row."""
-        async with self.connection() as connection:
-            text: str | None = await connection.fetchval(sql, *args)
+    async def _release(self, connection: Any) -> None:
+        # Release runs the pool's reset query, which fails on a connection that died; the pool has
+        # then closed it, and the request's own outcome (a result, or its error) stands.
+        try:
+            await self.pool.release(connection)
+        except Exception as exc:
+            log.warning("read pool: releasing a connection failed: %s: %s", type(exc).__name__, exc)
+
+    async def find(self, sql: str, view: type[T], *args: object, wait: float | None = None) -> T | None:
+        """Run ``sql`` (one round trip) whose one value is ``view`` as JSON text; None for no row.
+
+        A query is safe to repeat, so one whose connection died under it runs once more on a fresh
+        connection: a terminated backend or a restarted server costs a retry, not an error."""
+        try:
+            text = await self._value(sql, args, wait)
+        except ConnectionLost:
+            text = await self._value(sql, args, wait)
         return None if text is None else decoder_for(view).decode(text)
 
-    async def fetch(self, sql: str, view: type[T], *args: object) -> T:
+    async def _value(self, sql: str, args: tuple[object, ...], wait: float | None) -> str | None:
+        async with self.connection(wait) as connection:
+            text: str | None = await connection.fetchval(sql, *args)
+        return text
+
+    async def fetch(self, sql: str, view: type[T], *args: object, wait: float | None = None) -> T:
         """``find`` for a statement that always yields its value (an aggregate or a list)."""
-        found = await self.find(sql, view, *args)
+        found = await self.find(sql, view, *args, wait=wait)
         if found is None:
             raise LookupError(f"statement returned no value, expected {view}: {sql}")
         return found

@@ -8,13 +8,16 @@ such as ``?stauts=paid`` is an error instead of a silently unfiltered list.
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Annotated, TypeVar
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta
 from starlette.requests import Request
 
-from shared.dto import Id, Instant, OrderStatus, require_utc_representable
+from shared.dto import Id, Instant, OrderStatus, require_storable
 from shared.errors import InvalidInput
 
 P = TypeVar("P", bound=msgspec.Struct)
@@ -44,8 +47,8 @@ class OrderFilters(Params):
     created_before: Instant | None = None
 
     def __post_init__(self) -> None:
-        require_utc_representable(self.created_after, "created_after")
-        require_utc_representable(self.created_before, "created_before")
+        require_storable(self.created_after, "created_after")
+        require_storable(self.created_before, "created_before")
 
     def values(self) -> tuple[object, ...]:
         """The filters as the queries' $1..$4; a list cursor is sealed to them as well (the limit
@@ -67,14 +70,37 @@ class TopProductsWindow(Params):
     limit: Limit = 10
 
 
+# An integer is written the one way JSON writes it: digits, an optional minus, no leading zero, and
+# no more digits than an int8 holds. "1e2", "0010", "+5" or "5.0" stay text, and so are a 422.
+CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]{0,18})")
+
+
 def query_params(request: Request, params: type[P]) -> P:
-    """Decode the query string into ``params``; 422 naming the parameter on any violation."""
-    raw: dict[str, str] = {}
+    """Decode the query string into ``params``; 422 naming the parameter on any violation.
+
+    Strict: only the integer fields take a (canonical) number, and timestamps must be RFC 3339
+    strings, never a number of seconds."""
+    raw: dict[str, object] = {}
+    numeric = integer_fields(params)
     for name, value in request.query_params.multi_items():
         if name in raw:
             raise InvalidInput(f"query parameter `{name}` is given more than once")
-        raw[name] = value
+        raw[name] = int(value) if name in numeric and CANONICAL_INT.fullmatch(value) else value
     try:
-        return msgspec.convert(raw, params, strict=False)
+        return msgspec.convert(raw, params, strict=True)
     except msgspec.ValidationError as exc:
         raise InvalidInput(str(exc)) from None
+
+
+@functools.cache
+def integer_fields(params: type[msgspec.Struct]) -> frozenset[str]:
+    """The names of the fields of ``params`` that hold an integer (optional or not)."""
+    info = msgspec.inspect.type_info(params)
+    assert isinstance(info, msgspec.inspect.StructType)
+
+    def holds_int(kind: msgspec.inspect.Type) -> bool:
+        if isinstance(kind, msgspec.inspect.UnionType):
+            return any(holds_int(member) for member in kind.types)
+        return isinstance(kind, msgspec.inspect.IntType)
+
+    return frozenset(f.encode_name for f in info.fields if holds_int(f.type))

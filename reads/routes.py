@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -9,6 +10,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Send
 
 from reads.db import ReadPool
 from reads.params import (
@@ -31,11 +33,13 @@ from shared.dto import (
     RevenueReport,
     TopProductsReport,
 )
-from shared.errors import NotFound
+from shared.errors import NotFound, ServiceUnavailable
 from shared.http import ENCODER, MsgspecResponse, etag, path_id
 from shared.openapi import operation
 
 P = TypeVar("P", bound=msgspec.Struct)
+
+log = logging.getLogger("orders_api.export")
 
 TAG = "queries"
 # Every query can meet a missing token (when READ_API_TOKENS is set) and an exhausted pool.
@@ -112,11 +116,30 @@ def query_route(
 async def order_export(request: Request) -> Response:
     authorize(request)
     filters = query_params(request, OrderFilters)
-    batches = orders.order_batches(request.state.reads, filters)
+    batches = orders.order_batches(request.state.reads, filters, later_wait=request.state.settings.read_export_wait)
     # The first batch is read before any byte is sent, so an exhausted pool or a dead database is
-    # still a proper 503; later failures can only cut the stream short.
+    # still a proper 503; a later failure can only cut the stream, visibly (see WholeOrCut).
     first: list[OrderSummary] = await anext(batches, [])
-    return StreamingResponse(ndjson(first, batches), media_type="application/x-ndjson")
+    return WholeOrCut(ndjson(first, batches), media_type="application/x-ndjson")
+
+
+class WholeOrCut(StreamingResponse):
+    """A stream a client receives whole, or can tell was cut.
+
+    When a batch fails after the headers went out (the database died, no connection came within
+    READ_EXPORT_WAIT), the response ends without HTTP/1.1's last chunk: the server closes the
+    connection and every client reports an incomplete body (curl exits 18, httpx raises
+    RemoteProtocolError), never a 200 that merely looks short."""
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except ServiceUnavailable as exc:
+            log.warning("export cut short after its headers were sent: %s", exc)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def ndjson(first: list[OrderSummary], rest: AsyncIterator[list[OrderSummary]]) -> AsyncIterator[bytes]:
@@ -127,9 +150,9 @@ async def ndjson(first: list[OrderSummary], rest: AsyncIterator[list[OrderSummar
 
 
 ROUTES: list[BaseRoute] = [
-    resource_route("/v1/customers/{id:int}", "customer", customers.customer_detail, CustomerDetail, versioned=False),
-    resource_route("/v1/products/{id:int}", "product", products.product_by_id, ProductView, versioned=True),
-    resource_route("/v1/orders/{id:int}", "order", orders.order_by_id, OrderView, versioned=True),
+    resource_route("/v1/customers/{id:id}", "customer", customers.customer_detail, CustomerDetail, versioned=False),
+    resource_route("/v1/products/{id:id}", "product", products.product_by_id, ProductView, versioned=True),
+    resource_route("/v1/orders/{id:id}", "order", orders.order_by_id, OrderView, versioned=True),
     query_route(
         "/v1/products",
         ProductSearch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,12 +20,15 @@ import writes.db
 import writes.routes
 from shared.config import Settings
 from shared.dto import Problem
-from shared.errors import ApiError
+from shared.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable
 from shared.http import ProblemResponse, problem_response
 from shared.openapi import build_openapi, operation
+from shared.routing import by_path
 from shared.schema import head_revision
 
 VERSION = "0.1.0"
+
+log = logging.getLogger("orders_api")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -57,17 +61,21 @@ def create_app(settings: Settings) -> Starlette:
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
 
+    commands, queries = writes.routes.ROUTES, reads.routes.ROUTES
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
-        *writes.routes.ROUTES,
-        *reads.routes.ROUTES,
+        *commands,
+        *queries,
     ]
-    # Built once, from the same table the app serves (openapi_json reads it when called).
-    openapi = build_openapi(routes, title="orders-api", version=VERSION)
+    # Built once, from the same table the app serves (openapi_json reads it when called). Commands
+    # always need a token; queries only when READ_API_TOKENS is set.
+    secured = [*commands, *(queries if settings.read_api_tokens else [])]
+    openapi = build_openapi(routes, title="orders-api", version=VERSION, secured=secured)
     return Starlette(
-        routes=routes,
+        # A path both sides serve (GET and POST /v1/orders) is one route, so a 405 lists every method.
+        routes=by_path(routes),
         lifespan=lifespan,
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
     )
@@ -79,7 +87,15 @@ async def api_error(request: Request, exc: Exception) -> Response:
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own refusals (no route, wrong method) get the same problem types as ours: a path
+    # with a malformed id is the same 404 as an unknown id.
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return problem_response(NotFound(f"no resource at {request.url.path}"))
+    if exc.status_code == 405:
+        response = problem_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        response.headers.update(exc.headers or {})  # Allow
+        return response
     body = Problem(type="about:blank", title=exc.detail, status=exc.status_code, detail=exc.detail)
     return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
 
@@ -107,13 +123,13 @@ async def readyz(request: Request) -> Response:
     settings: Settings = state.settings
 
     async def write_pool() -> None:
-        await writes.db.ping(state.engine)
+        await writes.db.run(lambda: writes.db.ping(state.engine))
 
     async def read_pool_and_schema() -> None:
         revision = await state.reads.schema_revision()
         if revision != state.schema_head:
             found = "not migrated" if revision is None else f"at {revision}"
-            raise RuntimeError(f"schema {found}, head is {state.schema_head}: run `orders-api migrate`")
+            raise SchemaNotAtHead(f"schema {found}, head is {state.schema_head}: run `orders-api migrate`")
 
     failures = [
         failure
@@ -128,6 +144,9 @@ async def readyz(request: Request) -> Response:
     return PlainTextResponse("ready")
 
 
+class SchemaNotAtHead(ServiceUnavailable): ...
+
+
 async def _check(name: str, probe: Callable[[], Awaitable[None]], bound: float, setting: str) -> str | None:
     # The contract: readiness never takes longer than the pools' acquire timeouts, query included.
     try:
@@ -135,6 +154,10 @@ async def _check(name: str, probe: Callable[[], Awaitable[None]], bound: float, 
             await probe()
     except TimeoutError:
         return f"{name}: no answer within {bound} s ({setting})"
-    except Exception as exc:  # a readiness probe reports every failure; it never raises
-        return f"{name}: {exc}"
+    except ApiError as exc:
+        # Our own words (the pool, the condition, the setting); the driver's message is in the log.
+        return str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+    except Exception:  # a readiness probe reports every failure; it never raises
+        log.exception("%s: readiness probe failed", name)
+        return f"{name}: unexpected failure (the log has it)"
     return None

@@ -21,6 +21,7 @@ from shared import embedded
 from shared.app import create_app
 from shared.config import ConfigError, Settings, asyncpg_dsn
 from shared.schema import current_revision, head_revision, upgrade_to_head
+from shared.server import HeadBounds
 
 DATA_DIR = click.option(
     "--data-dir",
@@ -84,13 +85,22 @@ def serve(host: str, port: int, workers: int, data_dir: Path | None) -> None:
         # that kills the process before atexit could stop the embedded PostgreSQL. Exit cleanly instead.
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _exit_cleanly)
+    options = uvicorn_options(settings)
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port)
+        uvicorn.run(create_app(settings), host=host, port=port, **options)
         return
     # Worker processes build their own app from the environment: hand them what was decided here.
     os.environ["DATABASE_URL"] = settings.write_url
     os.environ["WRITE_API_TOKENS"] = ",".join(settings.write_api_tokens)
-    uvicorn.run("shared.cli:app_from_env", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("shared.cli:app_from_env", factory=True, host=host, port=port, workers=workers, **options)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves the app, in one place: ``serve`` and the socket tests both use it."""
+    bounds = HeadBounds(
+        timeout=settings.header_timeout, max_bytes=settings.max_header_bytes, max_count=settings.max_headers
+    )
+    return {"http": bounds}
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -51,6 +51,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     read_pool_max_inactive_lifetime: Annotated[float, Meta(ge=0)] = 300.0
     read_statement_cache_size: NonNegativeInt = 256
     read_statement_timeout_ms: TimeoutMs = 2000
+    # An export's first batch waits READ_POOL_ACQUIRE_TIMEOUT like any query (before the 200, a
+    # busy pool is still a clean 503). Its later batches wait this long: once the headers are out,
+    # giving up would cut the body, so a started export queues for its turn instead.
+    read_export_wait: Seconds = 30.0
 
     pgbouncer: bool = False
     write_api_tokens: tuple[str, ...] = ()
@@ -58,6 +62,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     idempotency_ttl: TtlSeconds = 86_400
     max_body_bytes: PositiveInt = 1 * MiB
     max_import_bytes: PositiveInt = 64 * MiB
+    # Slow or oversized requests (uvicorn bounds neither): a client that stalls its head or body
+    # would hold a connection, and its buffers, for as long as it likes.
+    # Seconds from connecting (or from the first byte of a later request) to the end of its head:
+    # Go's usual ReadHeaderTimeout; a real client sends its head in one round trip.
+    header_timeout: Annotated[float, Meta(gt=0, le=300)] = 10.0
+    # Seconds to receive a whole body, from when the service starts reading it. 30 s is 2 MB/s for
+    # the largest import; raise it for big imports over slow links.
+    body_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    # Request line plus header fields. 16 KiB is h11's and Node's default: room for long tokens
+    # and proxy headers, while a stalled or hostile head costs about that much memory (plus one read).
+    max_header_bytes: Annotated[int, Meta(ge=1024, le=1 * MiB)] = 16 * 1024
+    # Header fields per request: 100 as in Apache's LimitRequestFields and Python's http.client.
+    max_headers: Annotated[int, Meta(ge=8, le=10_000)] = 100
 
     def __post_init__(self) -> None:
         for name in ("database_url", "write_database_url", "read_database_url"):

@@ -21,19 +21,42 @@ RestockQuantity = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 LineQuantity = Annotated[int, Meta(ge=1, le=1000)]
 # PostgreSQL text cannot hold NUL (\x00), so no string that reaches it may contain one. The lengths
 # are checked before the patterns, which bounds the patterns' work.
-Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
+# (?!\n) before $: Python's $ also matches before a final newline, which neither field may end in.
+# Emails are ASCII (RFC 5321; an internationalized domain is written in its xn-- form): printable,
+# no space, one @. Their case is then ASCII's alone, so lower-casing is one well-defined rule that
+# Python and PostgreSQL (the email = lower(email) check) agree on, and no Unicode look-alike (the
+# Kelvin sign K, a dotted I) can fold into another address or slip past uniqueness.
+Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^[!-?A-~]+@[!-?A-~]+\.[!-?A-~]+(?!\n)$")]
 Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^\s*[^\s\x00][^\x00]*$")]
-Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*(?!\n)$")]
 OrderStatus = Literal["pending", "paid", "shipped", "cancelled"]
 # RFC 3339 requires an offset; a timestamp without one names no instant, so it is refused.
 Instant = Annotated[datetime, Meta(tz=True)]
 
 
-def require_utc_representable(value: datetime | None, field: str) -> None:
-    """Refuse an instant whose UTC time falls outside years 1..9999 (``0001-01-01T00:00:00+14:00``):
-    the driver sends timestamps in UTC and could not encode it. Call from ``__post_init__``."""
+# The instants the service accepts, imported or filtered: years 1..9999 in UTC less a day at each
+# end. asyncpg sends the first and last microsecond of that range as -infinity and infinity, which
+# would never read back as what was sent; the day of margin also keeps every accepted instant
+# writable at any UTC offset (RFC 3339 allows up to +-23:59).
+EARLIEST_INSTANT = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_INSTANT = datetime(9999, 12, 30, 23, 59, 59, 999_999, tzinfo=UTC)
+
+
+def require_storable(value: datetime | None, field: str) -> None:
+    """Refuse an instant outside [EARLIEST_INSTANT, LATEST_INSTANT]. Call from ``__post_init__``."""
     if value is None:
         return
+    try:
+        in_range = EARLIEST_INSTANT <= value.astimezone(UTC) <= LATEST_INSTANT
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        in_range = False
+    if not in_range:
+        raise ValueError(f"`{field}` must be an instant from 0001-01-02T00:00:00Z to 9999-12-30T23:59:59.999999Z")
+
+
+def require_utc_representable(value: datetime, field: str) -> None:
+    """Refuse an instant whose UTC time falls outside years 1..9999: the driver sends timestamps in
+    UTC and could not encode it. (The wider range a list cursor may carry: see ``reads.queries``.)"""
     try:
         value.astimezone(UTC)
     except OverflowError:
@@ -99,7 +122,7 @@ class ImportedOrder(Command):
     items: Annotated[list[ImportedLine], Meta(min_length=1, max_length=100)]
 
     def __post_init__(self) -> None:
-        require_utc_representable(self.created_at, "created_at")
+        require_storable(self.created_at, "created_at")
 
 
 # --- views ------------------------------------------------------------------------------------

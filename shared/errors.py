@@ -31,6 +31,18 @@ class Unauthenticated(ApiError):
 class NotFound(ApiError): ...
 
 
+# 405
+class MethodNotAllowed(ApiError): ...
+
+
+# 408
+class RequestTimeout(ApiError):
+    """The body did not arrive within ``BODY_TIMEOUT``; the connection is closed, since the rest of
+    the body may still be on its way (RFC 9110, 15.5.9)."""
+
+    headers = {"Connection": "close"}  # noqa: RUF012
+
+
 # 409
 class EmailTaken(ApiError): ...
 
@@ -59,6 +71,14 @@ class BodyTooLarge(ApiError): ...
 class NotJson(ApiError): ...
 
 
+# 431
+class HeadersTooLarge(ApiError): ...
+
+
+# 499 (nginx's "client closed request"): nobody reads it, but the access log and metrics do.
+class ClientClosedRequest(ApiError): ...
+
+
 # 422
 class InvalidInput(ApiError): ...
 
@@ -77,29 +97,48 @@ class PoolExhausted(ServiceUnavailable): ...
 class DatabaseUnavailable(ServiceUnavailable): ...
 
 
+class ConnectionLost(DatabaseUnavailable):
+    """The connection died under a statement (its backend was terminated, the server restarted):
+    a query is safe to run again on a fresh connection, so the read side retries it once."""
+
+
+class StatementTimeout(ServiceUnavailable): ...
+
+
 class ProblemKind(NamedTuple):
     status: int
     title: str
+    # Written out, not derived from the class name: renaming an exception never changes the contract.
+    type: str
 
 
 PROBLEMS: dict[type[ApiError], ProblemKind] = {
-    MalformedJson: ProblemKind(400, "Malformed JSON"),
-    BadCursor: ProblemKind(400, "Bad cursor"),
-    Unauthenticated: ProblemKind(401, "Missing or invalid bearer token"),
-    NotFound: ProblemKind(404, "Not found"),
-    EmailTaken: ProblemKind(409, "Email already taken"),
-    SkuTaken: ProblemKind(409, "SKU already taken"),
-    InsufficientStock: ProblemKind(409, "Insufficient stock"),
-    InvalidTransition: ProblemKind(409, "Invalid status transition"),
-    RequestInProgress: ProblemKind(409, "Request with this idempotency key is in progress"),
-    VersionMismatch: ProblemKind(412, "Version mismatch"),
-    BodyTooLarge: ProblemKind(413, "Request body too large"),
-    NotJson: ProblemKind(415, "Unsupported media type"),
-    InvalidInput: ProblemKind(422, "Invalid input"),
-    IdempotencyKeyReused: ProblemKind(422, "Idempotency key reused with a different request"),
-    PoolExhausted: ProblemKind(503, "Database pool exhausted"),
-    DatabaseUnavailable: ProblemKind(503, "Database unavailable"),
-    ServiceUnavailable: ProblemKind(503, "Service unavailable"),
+    MalformedJson: ProblemKind(400, "Malformed JSON", "/problems/malformed-json"),
+    BadCursor: ProblemKind(400, "Bad cursor", "/problems/bad-cursor"),
+    Unauthenticated: ProblemKind(401, "Missing or invalid bearer token", "/problems/unauthenticated"),
+    NotFound: ProblemKind(404, "Not found", "/problems/not-found"),
+    MethodNotAllowed: ProblemKind(405, "Method not allowed", "/problems/method-not-allowed"),
+    RequestTimeout: ProblemKind(408, "Request timeout", "/problems/request-timeout"),
+    EmailTaken: ProblemKind(409, "Email already taken", "/problems/email-taken"),
+    SkuTaken: ProblemKind(409, "SKU already taken", "/problems/sku-taken"),
+    InsufficientStock: ProblemKind(409, "Insufficient stock", "/problems/insufficient-stock"),
+    InvalidTransition: ProblemKind(409, "Invalid status transition", "/problems/invalid-transition"),
+    RequestInProgress: ProblemKind(
+        409, "Request with this idempotency key is in progress", "/problems/request-in-progress"
+    ),
+    VersionMismatch: ProblemKind(412, "Version mismatch", "/problems/version-mismatch"),
+    BodyTooLarge: ProblemKind(413, "Request body too large", "/problems/body-too-large"),
+    NotJson: ProblemKind(415, "Unsupported media type", "/problems/not-json"),
+    InvalidInput: ProblemKind(422, "Invalid input", "/problems/invalid-input"),
+    IdempotencyKeyReused: ProblemKind(
+        422, "Idempotency key reused with a different request", "/problems/idempotency-key-reused"
+    ),
+    HeadersTooLarge: ProblemKind(431, "Request header fields too large", "/problems/headers-too-large"),
+    ClientClosedRequest: ProblemKind(499, "Client closed request", "/problems/client-closed-request"),
+    PoolExhausted: ProblemKind(503, "Database pool exhausted", "/problems/pool-exhausted"),
+    DatabaseUnavailable: ProblemKind(503, "Database unavailable", "/problems/database-unavailable"),
+    StatementTimeout: ProblemKind(503, "Statement timed out", "/problems/statement-timeout"),
+    ServiceUnavailable: ProblemKind(503, "Service unavailable", "/problems/service-unavailable"),
 }
 
 
@@ -109,10 +148,3 @@ def problem_kind(error: ApiError) -> ProblemKind:
         if kind is not None:
             return kind
     raise LookupError(f"{type(error).__name__} has no entry in PROBLEMS")
-
-
-def problem_type(error: ApiError) -> str:
-    """A stable URI reference per problem kind, e.g. ``/problems/insufficient-stock``."""
-    name = type(error).__name__
-    slug = "".join(f"-{c.lower()}" if c.isupper() else c for c in name).lstrip("-")
-    return f"/problems/{slug}"

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from shared.dto import Problem
 from shared.errors import (
     ApiError,
     BodyTooLarge,
+    ClientClosedRequest,
     InvalidInput,
     MalformedJson,
     NotFound,
+    RequestTimeout,
     problem_kind,
-    problem_type,
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("orders_api.http")
 
 ENCODER = msgspec.json.Encoder()
 
@@ -41,7 +47,7 @@ class ProblemResponse(Response):
 
 def problem_response(error: ApiError) -> ProblemResponse:
     kind = problem_kind(error)
-    body = Problem(type=problem_type(error), title=kind.title, status=kind.status, detail=str(error))
+    body = Problem(type=kind.type, title=kind.title, status=kind.status, detail=str(error))
     return ProblemResponse(body, status_code=kind.status, headers=error.headers)
 
 
@@ -56,10 +62,37 @@ def decoder_for(type_: type[T]) -> msgspec.json.Decoder[T]:
     return decoder
 
 
+def decode_typed(data: bytes, type_: type[T]) -> T:
+    """``data`` (JSON) decoded and validated as ``type_``; msgspec's errors as they are.
+
+    JSON Schema, and so the OpenAPI document, counts ``92.0`` as an integer; msgspec does not. A
+    value refused only for that is decoded again with integral numbers as ints. The first, typed
+    pass stays the fast path: every body that is valid as sent never takes the second."""
+    try:
+        return decoder_for(type_).decode(data)
+    except msgspec.ValidationError as exc:
+        if "got `float`" not in str(exc):
+            raise
+    return msgspec.convert(_integral_as_int(msgspec.json.decode(data)), type_, strict=True)
+
+
+def _integral_as_int(value: Any, depth: int = 0) -> Any:
+    # Command bodies nest a few levels; anything deeper fails validation as it stands.
+    if depth > 8:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_as_int(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral_as_int(item, depth + 1) for key, item in value.items()}
+    return value
+
+
 def decode_json(data: bytes, type_: type[T]) -> T:
     """Decode and validate; malformed JSON is a 400, a schema violation a 422 naming the path."""
     try:
-        return decoder_for(type_).decode(data)
+        return decode_typed(data, type_)
     except msgspec.ValidationError as exc:
         raise InvalidInput(str(exc)) from None
     except msgspec.DecodeError as exc:
@@ -79,11 +112,25 @@ def is_json(request: Request) -> bool:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing with 413 as soon as it passes ``limit`` (before reading it all)."""
+    """The whole body, refusing with 413 as soon as it passes ``limit`` (before reading it all),
+    and with 408 when it has not all arrived within ``BODY_TIMEOUT``."""
     declared = request.headers.get("content-length")
     # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    timeout: float = request.state.settings.body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_within(request, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout} s (BODY_TIMEOUT)") from None
+    except ClientDisconnect:
+        # Not a fault of ours: one line, no traceback; nothing has run yet, so nothing changed.
+        log.info("client closed the connection mid-body: %s %s", request.method, request.url.path)
+        raise ClientClosedRequest("client closed the connection before sending the whole body") from None
+
+
+async def _read_within(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -114,8 +161,26 @@ def if_match_versions(request: Request) -> frozenset[int] | None:
     return frozenset(v for m in matches if m is not None and (v := int(m.group(1))) <= MAX_VERSION)
 
 
+class IdConvertor(Convertor[int]):
+    """``{id:id}``: a positive integer written canonically (no sign, no leading zero). Anything
+    else (``abc``, ``0001``, ``1e3``) matches no route, so it is the same 404 as any unknown path.
+    The path is matched after percent-decoding (RFC 3986 treats ``%31`` and ``1`` as the same
+    URI), exactly as the query string is."""
+
+    regex = "[1-9][0-9]{0,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("id", IdConvertor())
+
+
 def path_id(request: Request, kind: str) -> int:
-    """The ``{id:int}`` path parameter; an id no row can have (0, past bigint) is a plain 404."""
+    """The ``{id:id}`` path parameter; an id no row can have (past bigint) is a plain 404."""
     value: int = request.path_params["id"]
     if not 1 <= value <= 2**63 - 1:
         raise NotFound(f"{kind} {value} not found")

@@ -66,9 +66,7 @@ async def test_openapi_is_3_1_and_lists_every_route(app: Starlette, client: http
     document = response.json()
     assert document["openapi"] == "3.1.0"
     described = {
-        (method.upper(), path.replace("{id}", "{id:int}"))
-        for path, item in document["paths"].items()
-        for method in item
+        (method.upper(), path.replace("{id}", "{id:id}")) for path, item in document["paths"].items() for method in item
     }
     for route in app.routes:
         path, methods = route.path, getattr(route, "methods", None) or set()  # type: ignore[attr-defined]

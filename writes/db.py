@@ -18,7 +18,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.config import Settings
-from shared.errors import ApiError, DatabaseUnavailable, PoolExhausted, ServiceUnavailable
+from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
+from shared.errors import ApiError
 
 T = TypeVar("T")
 
@@ -73,53 +74,30 @@ async def ping(engine: AsyncEngine) -> None:
         await connection.exec_driver_sql("SELECT 1")
 
 
-# Conflicts between concurrent transactions that a fresh attempt usually resolves.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
-QUERY_CANCELED = "57014"  # statement_timeout fired
-# SQLSTATE classes that mean the server is away, not ready yet (57P03 while starting up), shutting
-# down, or out of connections: nothing the request did wrong, so a 503 to retry, never a 500.
-UNAVAILABLE_CLASSES = ("08", "57P", "53")
 ATTEMPTS = 3
 
 
 async def run(work: Callable[[], Awaitable[T]]) -> T:
     """Run one unit of work: retry it whole on a serialization failure or deadlock, and turn the
-    database's ways of failing into 503s a client can retry. Every write request goes through here."""
+    database's ways of failing (``shared.dbfailures``) into 503s a client can retry. Every write
+    request goes through here."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return await work()
-        except DBAPIError as exc:
-            if sqlstate(exc) not in RETRYABLE_SQLSTATES or attempt == ATTEMPTS:
-                error = unavailable(exc)
-                if error is None:
-                    raise
-                raise error from exc
         except sqlalchemy.exc.TimeoutError:
-            raise PoolExhausted("no write connection free within WRITE_POOL_TIMEOUT") from None
-        except OSError as exc:
-            raise DatabaseUnavailable(f"write database unreachable: {exc}") from None
+            raise exhausted(WRITE) from None
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
+            failure = classify(exc, connection_closed=invalidated)
+            if failure is None:
+                raise
+            if failure is not Failure.CONFLICT or attempt == ATTEMPTS:
+                # A write is not repeated on a lost connection: its commit may have landed.
+                # The client retries, with its Idempotency-Key if it sent one.
+                raise unavailable(failure, WRITE, exc) from None
         # Jittered, so two transactions that collided do not collide again in step.
         await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311 - jitter, not a secret
     raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-def sqlstate(exc: DBAPIError) -> str | None:
-    code: str | None = getattr(exc.orig, "sqlstate", None)
-    return code
-
-
-def unavailable(exc: DBAPIError) -> ServiceUnavailable | None:
-    """The 503 a driver failure amounts to; None for anything else, which is a bug (a 500)."""
-    code = sqlstate(exc)
-    if exc.connection_invalidated:
-        return DatabaseUnavailable("write database connection lost")
-    if code is not None and code.startswith(UNAVAILABLE_CLASSES):
-        return DatabaseUnavailable(f"write database unavailable ({code}): {exc.orig}")
-    if code == QUERY_CANCELED:
-        return ServiceUnavailable("statement exceeded WRITE_STATEMENT_TIMEOUT_MS")
-    if code in RETRYABLE_SQLSTATES:
-        return ServiceUnavailable(f"transaction kept conflicting with others ({ATTEMPTS} attempts)")
-    return None
 
 
 async def add_unique(session: AsyncSession, row: object, taken: ApiError) -> None:

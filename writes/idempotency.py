@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
+from shared.dbfailures import sqlstate
 from shared.errors import IdempotencyKeyReused, InvalidInput, RequestInProgress
-from writes.db import sqlstate
 from writes.models import IdempotencyKey
 
 KEY = re.compile(r"[\x20-\x7e]{1,255}")

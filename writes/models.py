@@ -6,7 +6,7 @@ once, not a hidden query (which under asyncio would fail anyway, later and less 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -21,8 +21,10 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    TypeDecorator,
     func,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Deterministic constraint names make migrations reviewable and downgrades exact.
@@ -41,8 +43,20 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class Timestamp(TypeDecorator[datetime]):
+    """``timestamptz`` read as an aware datetime, always. asyncpg reads ``infinity`` and
+    ``-infinity`` as naive ``datetime.max`` and ``datetime.min``; no command stores them, but a
+    row written by hand may hold them, and a view must still say ``...Z`` like the read side does."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _now() -> Mapped[datetime]:
-    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    return mapped_column(Timestamp, nullable=False, server_default=func.now())
 
 
 class Customer(Base):

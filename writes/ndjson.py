@@ -7,7 +7,7 @@ from starlette.requests import Request
 
 from shared.dto import ImportedOrder
 from shared.errors import InvalidInput
-from shared.http import decoder_for, media_type
+from shared.http import decode_typed, media_type
 from writes.handlers import OrderImport
 
 MEDIA_TYPES = ("application/x-ndjson", "application/jsonl")
@@ -21,7 +21,6 @@ def is_ndjson(request: Request) -> bool:
 def decode_orders(body: bytes) -> OrderImport:
     """Every order with its line number; a 422 naming the first line that is not a valid order.
     Blank lines (a trailing newline, say) are skipped but still counted, so numbers match an editor's."""
-    decoder = decoder_for(ImportedOrder)
     orders: list[ImportedOrder] = []
     lines: list[int] = []
     for number, line in enumerate(body.split(b"\n"), start=1):
@@ -30,7 +29,7 @@ def decode_orders(body: bytes) -> OrderImport:
         if len(orders) == MAX_ORDERS:
             raise InvalidInput(f"line {number}: an import holds at most {MAX_ORDERS} orders")
         try:
-            orders.append(decoder.decode(line))
+            orders.append(decode_typed(line, ImportedOrder))
         except msgspec.DecodeError as exc:  # malformed JSON and schema violations alike
             raise InvalidInput(f"line {number}: {exc}") from None
         except UnicodeDecodeError:

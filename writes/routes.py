@@ -61,7 +61,9 @@ def command(
     return Route(path, endpoint, methods=["POST"])
 
 
-def product_change(summary: str, body: type[C], handler: Callable[[int, C, Sessions], Awaitable[ProductView]]) -> Route:
+def product_change(
+    path: str, body: type[C], handler: Callable[[int, C, Sessions], Awaitable[ProductView]], *, summary: str
+) -> Route:
     @operation(
         summary, tag="products", body=body, headers=IDEMPOTENT, responses={200: ProductView, 404: Problem, **REFUSALS}
     )
@@ -70,11 +72,10 @@ def product_change(summary: str, body: type[C], handler: Callable[[int, C, Sessi
         product_id = path_id(request, "product")
         return await execute(request, incoming, lambda s: handler(product_id, incoming.command, s), ok)
 
-    verb = handler.__name__.removesuffix("_product")
-    return Route(f"/v1/products/{{id:int}}/{verb}", endpoint, methods=["POST"])
+    return Route(path, endpoint, methods=["POST"])
 
 
-def transition(summary: str, handler: Callable[[int, IfMatch, Sessions], Awaitable[OrderView]]) -> Route:
+def transition(path: str, handler: Callable[[int, IfMatch, Sessions], Awaitable[OrderView]], *, summary: str) -> Route:
     @operation(
         summary,
         tag="orders",
@@ -86,8 +87,7 @@ def transition(summary: str, handler: Callable[[int, IfMatch, Sessions], Awaitab
         order_id, if_match = path_id(request, "order"), if_match_versions(request)
         return await execute(request, incoming, lambda s: handler(order_id, if_match, s), ok)
 
-    verb = handler.__name__.removesuffix("_order")
-    return Route(f"/v1/orders/{{id:int}}/{verb}", endpoint, methods=["POST"])
+    return Route(path, endpoint, methods=["POST"])
 
 
 @operation(
@@ -133,8 +133,13 @@ ROUTES: list[BaseRoute] = [
         summary="Create a product",
         responses={201: ProductView, 409: Problem},
     ),
-    product_change("Add stock to a product", Restock, handlers.restock_product),
-    product_change("Change a product's price (orders keep theirs)", Reprice, handlers.reprice_product),
+    product_change("/v1/products/{id:id}/restock", Restock, handlers.restock_product, summary="Add stock to a product"),
+    product_change(
+        "/v1/products/{id:id}/reprice",
+        Reprice,
+        handlers.reprice_product,
+        summary="Change a product's price (orders keep theirs)",
+    ),
     command(
         "/v1/orders",
         PlaceOrder,
@@ -144,7 +149,11 @@ ROUTES: list[BaseRoute] = [
         responses={201: OrderView, 404: Problem, 409: Problem},
     ),
     Route("/v1/orders/import", import_orders, methods=["POST"]),
-    transition("Pay an order (pending -> paid)", handlers.pay_order),
-    transition("Ship an order (paid -> shipped)", handlers.ship_order),
-    transition("Cancel an order (pending or paid), returning its stock", handlers.cancel_order),
+    transition("/v1/orders/{id:id}/pay", handlers.pay_order, summary="Pay an order (pending -> paid)"),
+    transition("/v1/orders/{id:id}/ship", handlers.ship_order, summary="Ship an order (paid -> shipped)"),
+    transition(
+        "/v1/orders/{id:id}/cancel",
+        handlers.cancel_order,
+        summary="Cancel an order (pending or paid), returning its stock",
+    ),
 ]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from reads.db import ReadPool
+from reads.queries import instant
 from shared.dto import CustomerDetail
 
 # One lateral aggregate over the customer's slice of ix_orders_customer_id_created_at_id.
-CUSTOMER_DETAIL = """
+CUSTOMER_DETAIL = f"""
     SELECT to_json(detail)::text
     FROM (
-        SELECT c.id, c.email, c.name, c.created_at, totals.order_count, totals.lifetime_value_cents
+        SELECT c.id, c.email, c.name, {instant("c.created_at")} AS created_at,
+               totals.order_count, totals.lifetime_value_cents
         FROM customers c
         CROSS JOIN LATERAL (
             SELECT count(*) AS order_count,
@@ -20,7 +22,7 @@ CUSTOMER_DETAIL = """
         ) totals
         WHERE c.id = $1
     ) detail
-"""
+"""  # noqa: S608 - composed of constants only; every value is a bound parameter
 
 
 async def customer_detail(pool: ReadPool, customer_id: int) -> CustomerDetail | None:

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from reads.cursor import decode_cursor, page_of
 from reads.db import ReadPool
 from reads.params import OrderFilters, OrderListing
+from reads.queries import instant
 from shared.dto import Id, Instant, OrderSummary, OrderView, Page, require_utc_representable
 from shared.errors import BadCursor
 
 # Items come from the order_items primary key (order_id, line_no), in the order they were placed.
-ORDER_BY_ID = """
+ORDER_BY_ID = f"""
     SELECT to_json(v)::text
     FROM (
         SELECT o.id,
@@ -24,16 +25,21 @@ ORDER_BY_ID = """
                        ) ORDER BY i.line_no), '[]')
                 FROM order_items i JOIN products p ON p.id = i.product_id
                 WHERE i.order_id = o.id) AS items,
-               o.item_count, o.total_cents, o.version, o.created_at, o.updated_at
+               o.item_count, o.total_cents, o.version,
+               {instant("o.created_at")} AS created_at, {instant("o.updated_at")} AS updated_at
         FROM orders o JOIN customers c ON c.id = o.customer_id
         WHERE o.id = $1
     ) v
-"""
+"""  # noqa: S608 - composed of constants only; every value is a bound parameter
 
 
 async def order_by_id(pool: ReadPool, order_id: int) -> OrderView | None:
     return await pool.find(ORDER_BY_ID, OrderView, order_id)
 
+
+# Qualified where an output column shares the name: ORDER BY orders.created_at is the column (and
+# its index), while a bare created_at would be the output expression.
+SUMMARY_COLUMNS = f"id, customer_id, status, item_count, total_cents, {instant('orders.created_at')} AS created_at"
 
 # The filters ($1..$4) of both the list and the export, written once so that the same parameters
 # always select the same orders. Each absent filter ($n IS NULL) folds away at planning (the read
@@ -48,11 +54,11 @@ ORDER_FILTERS = """($1::bigint IS NULL OR customer_id = $1)
 ORDER_PAGE = f"""
     SELECT coalesce(json_agg(page ORDER BY page.created_at DESC, page.id DESC), '[]')::text
     FROM (
-        SELECT id, customer_id, status, item_count, total_cents, created_at
+        SELECT {SUMMARY_COLUMNS}
         FROM orders
         WHERE {ORDER_FILTERS}
           AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::bigint))
-        ORDER BY created_at DESC, id DESC
+        ORDER BY orders.created_at DESC, orders.id DESC
         LIMIT $7
     ) page
 """  # noqa: S608 - composed of constants only; every value is a bound parameter
@@ -81,7 +87,7 @@ EXPORT_BATCH_SIZE = 1000
 EXPORT_BATCH = f"""
     SELECT coalesce(json_agg(batch ORDER BY batch.id), '[]')::text
     FROM (
-        SELECT id, customer_id, status, item_count, total_cents, created_at
+        SELECT {SUMMARY_COLUMNS}
         FROM orders
         WHERE {ORDER_FILTERS}
           AND id > $5
@@ -92,19 +98,21 @@ EXPORT_BATCH = f"""
 
 
 async def order_batches(
-    pool: ReadPool, filters: OrderFilters, batch_size: int = EXPORT_BATCH_SIZE
+    pool: ReadPool, filters: OrderFilters, *, later_wait: float, batch_size: int = EXPORT_BATCH_SIZE
 ) -> AsyncIterator[list[OrderSummary]]:
     """The filtered orders by id, in batches; a connection is held for one batch's query only.
 
-    The ``yield`` sits outside ``pool.connection()``: while a slow client drains a batch, its
-    connection is back in the pool, and memory holds one batch however many orders match.
+    The ``yield`` sits outside the pool's connection: while a slow client drains a batch, its
+    connection is back in the pool, and memory holds one batch however many orders match. The
+    first batch waits for a connection as any query does; the later ones up to ``later_wait``
+    (``READ_EXPORT_WAIT``), because by then the response has begun.
     """
-    after = 0
+    after, wait = 0, None
     while True:
-        batch = await pool.fetch(EXPORT_BATCH, list[OrderSummary], *filters.values(), after, batch_size)
+        batch = await pool.fetch(EXPORT_BATCH, list[OrderSummary], *filters.values(), after, batch_size, wait=wait)
         if not batch:
             return
         yield batch
         if len(batch) < batch_size:
             return
-        after = batch[-1].id
+        after, wait = batch[-1].id, later_wait

@@ -57,6 +57,24 @@ STRING_PARAMETERS = [
         ("/v1/orders", "created_after=0001-01-01T00:00:00%2B14:00", "created_after"),
         ("/v1/orders", "created_before=9999-12-31T23:59:59-14:00", "created_before"),
         ("/v1/exports/orders", "created_after=0001-01-01T00:00:00%2B14:00", "created_after"),
+        # The driver would send these as -infinity and infinity: outside the accepted range.
+        ("/v1/orders", "created_after=0001-01-01T00:00:00Z", "created_after"),
+        ("/v1/orders", "created_before=9999-12-31T23:59:59.999999Z", "created_before"),
+        ("/v1/exports/orders", "created_before=9999-12-31T23:59:59.999999Z", "created_before"),
+        # A timestamp is an RFC 3339 string, never a number of seconds.
+        ("/v1/orders", "created_after=253402300800", "$.created_after"),
+        ("/v1/orders", "created_before=0.5", "$.created_before"),
+        ("/v1/orders", "created_after=1700000000", "$.created_after"),
+        ("/v1/exports/orders", "created_after=253402300800", "$.created_after"),
+        ("/v1/exports/orders", "created_before=0.5", "$.created_before"),
+        # An integer is written canonically: no exponent, fraction, sign or leading zero.
+        ("/v1/orders", "limit=1e2", "$.limit"),
+        ("/v1/orders", "limit=5.0", "$.limit"),
+        ("/v1/orders", "limit=010", "$.limit"),
+        ("/v1/orders", "limit=%2B5", "$.limit"),
+        ("/v1/orders", "limit=%205", "$.limit"),
+        ("/v1/orders", "customer_id=" + "9" * 5000, "$.customer_id"),
+        ("/v1/stats/revenue/daily", "days=3e1", "$.days"),
         ("/v1/stats/revenue/daily", "days=0", "$.days"),
         ("/v1/stats/revenue/daily", "days=367", "$.days"),
         ("/v1/stats/products/top", "limit=101", "$.limit"),
@@ -80,6 +98,7 @@ async def test_a_bad_parameter_is_a_422_naming_it(
 async def test_defaults_and_bounds_are_accepted(client: httpx.AsyncClient) -> None:
     for url in (
         "/v1/orders?limit=1",
+        "/v1/orders?created_after=0001-01-02T00:00:00Z&created_before=9999-12-30T23:59:59.999999Z",
         "/v1/orders?limit=100",
         "/v1/stats/revenue/daily?days=1",
         "/v1/stats/revenue/daily?days=366",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from shared.cli import main, require_schema_at_head
+from shared.cli import main, require_schema_at_head, uvicorn_options
 from shared.config import Settings
 from shared.schema import current_revision, head_revision
 
@@ -43,6 +44,12 @@ def test_migrate_brings_the_schema_to_head_so_serve_accepts_it(empty_database: s
     assert code == 0, output
     assert asyncio.run(current_revision(empty_database)) == head_revision()
     require_schema_at_head(Settings(database_url=empty_database))
+
+
+def test_the_uvicorn_options_survive_the_pickling_that_workers_need() -> None:
+    # With --workers, uvicorn hands its config to each process by pickling it (multiprocessing spawn).
+    options = uvicorn_options(Settings(header_timeout=1.5, max_header_bytes=8192, max_headers=50))
+    assert pickle.loads(pickle.dumps(options)) == options  # noqa: S301 - our own bytes, just made
 
 
 def test_pools_shows_both_pools_and_the_budget(database_url: str) -> None:

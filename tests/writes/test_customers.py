@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.support import AUTH
 from tests.writes.support import assert_problem, new_customer
@@ -75,3 +76,47 @@ async def test_upsert_of_an_email_repeated_in_one_batch_keeps_the_last_name(
 async def test_upsert_of_an_empty_batch_is_422(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
     response = await client.post("/v1/customers/upsert", json={"customers": []}, headers=AUTH)
     assert_problem(response, 422, "$.customers")
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "\u212aelvin@example.com",  # the Kelvin sign K: str.lower() makes it a plain k
+        "i\u0307@example.com",  # i + combining dot: what str.lower() makes of a dotted capital I
+        "ada@\u0130stanbul.example",
+        "jos\u00e9@example.com",
+        "ada@example.com\n",  # Python's $ alone would let a final newline through
+    ],
+)
+async def test_an_email_that_is_not_ascii_is_422_and_writes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, email: str
+) -> None:
+    response = await client.post("/v1/customers", json={"email": email, "name": "K"}, headers=AUTH)
+    upsert = await client.post(
+        "/v1/customers/upsert", json={"customers": [{"email": email, "name": "K"}]}, headers=AUTH
+    )
+
+    assert_problem(response, 422, "$.email")
+    assert_problem(upsert, 422, "$.customers[0].email")
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_emails_differing_only_in_ascii_case_are_one_customer(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    first = await client.post("/v1/customers", json={"email": "Kelvin@Example.COM", "name": "K"}, headers=AUTH)
+    again = await client.post("/v1/customers", json={"email": "kELVIN@example.com", "name": "K"}, headers=AUTH)
+    upsert = await client.post(
+        "/v1/customers/upsert",
+        json={"customers": [{"email": "KELVIN@EXAMPLE.COM", "name": "Kay"}, {"email": "new@x.co", "name": "N"}]},
+        headers=AUTH,
+    )
+
+    assert first.status_code == 201, first.text
+    assert first.json()["email"] == "kelvin@example.com"
+    assert_problem(again, 409, "kelvin@example.com")
+    assert upsert.json() == {"inserted": 1, "updated": 1}
+    assert await db.fetch("SELECT email, name FROM customers ORDER BY id") == [
+        ("kelvin@example.com", "Kay"),
+        ("new@x.co", "N"),
+    ]

@@ -94,8 +94,9 @@ async def test_a_server_refusing_connections_is_database_unavailable(
     as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
     refused = create_write_engine(msgspec.structs.replace(settings, database_url=as_role))
     try:
-        with pytest.raises(DatabaseUnavailable, match="53300"):
+        with pytest.raises(DatabaseUnavailable, match="no connection slot") as refusal:
             await run(lambda: ping(refused))
+        assert role not in str(refusal.value)  # the driver's message, naming the role, is for the log
     finally:
         await refused.dispose()
         await db.execute(f"DROP ROLE {role}")

@@ -64,8 +64,19 @@ async def test_invalid_utf8_in_an_import_line_is_422_naming_the_line(
     assert await nothing_imported(db)
 
 
-@pytest.mark.parametrize("created_at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
-async def test_an_import_instant_past_the_encodable_range_is_422_naming_the_line(
+@pytest.mark.parametrize(
+    "created_at",
+    [
+        "0001-01-01T00:00:00+14:00",
+        "9999-12-31T23:59:59-14:00",
+        # Stored, these would be -infinity and infinity: they could never read back as sent.
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+        "0001-01-01T23:59:59.999999Z",
+        "9999-12-31T00:00:00Z",
+    ],
+)
+async def test_an_import_instant_outside_the_accepted_range_is_422_naming_the_line(
     client: httpx.AsyncClient, db: asyncpg.Connection, created_at: str
 ) -> None:
     ada, mug = await new_customer(client), await new_product(client)
@@ -113,3 +124,16 @@ async def test_a_content_length_that_is_not_a_number_is_not_a_500(client: httpx.
     request.headers = httpx.Headers(headers)
     response = await client.send(request)
     assert response.status_code < 500
+
+
+async def test_import_instants_at_the_ends_of_the_accepted_range_read_back_as_sent(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    ada, mug = await new_customer(client), await new_product(client)
+    ends = ["0001-01-02T00:00:00Z", "9999-12-30T23:59:59.999999Z"]
+    body = ndjson(*(line(ada, (mug, 1, 5), created_at=instant) for instant in ends))
+    response = await client.post("/v1/orders/import", content=body, headers=NDJSON)
+    assert response.status_code == 200, response.text
+    assert await db.fetchval("SELECT count(*) FROM orders WHERE NOT isfinite(created_at)") == 0
+    listed = (await client.get("/v1/orders")).json()["items"]
+    assert sorted(order["created_at"] for order in listed) == ends

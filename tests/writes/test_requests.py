@@ -111,3 +111,20 @@ async def test_no_free_write_connection_within_the_pool_timeout_is_503_with_retr
     assert_problem(response, 503, "WRITE_POOL_TIMEOUT")
     assert response.headers["retry-after"]
     assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_an_integral_number_written_with_a_fraction_is_that_integer_as_json_schema_says(
+    client: httpx.AsyncClient,
+) -> None:
+    # OpenAPI 3.1's JSON Schema counts 2.0 as an integer, so the document declares it valid: it is.
+    product = await client.post(
+        "/v1/products", json={"sku": "F-1", "name": "Float", "price_cents": 250.0, "stock": 1e1}, headers=AUTH
+    )
+    restocked = await client.post(f"/v1/products/{product.json()['id']}/restock", json={"quantity": 2.0}, headers=AUTH)
+    fractional = await client.post(f"/v1/products/{product.json()['id']}/restock", json={"quantity": 2.5}, headers=AUTH)
+
+    assert product.status_code == 201, product.text
+    assert (product.json()["price_cents"], product.json()["stock"]) == (250, 10)
+    assert restocked.json()["stock"] == 12
+    assert fractional.status_code == 422
+    assert "$.quantity" in fractional.json()["detail"]

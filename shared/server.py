@@ -1,0 +1,157 @@
+"""The HTTP protocol uvicorn runs: its httptools protocol, plus the bounds on a request head it lacks.
+
+uvicorn 0.54 times out only idle keep-alive connections. A client that connects and sends nothing,
+or half a head, or one header a minute, holds its connection for ever, and httptools takes a head of
+any size and header count. Here every head has a deadline (``HEADER_TIMEOUT``) and a cap on its
+size (``MAX_HEADER_BYTES``) and its fields (``MAX_HEADERS``). The body has its own deadline, where
+it is read (``shared.http.read_body``). h11 would bound only a head still incomplete, and costs
+throughput, so the fast parser stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from shared.dto import Problem
+from shared.errors import PROBLEMS, HeadersTooLarge
+from shared.http import ENCODER
+
+log = logging.getLogger("orders_api.http")
+
+
+@dataclass(frozen=True)
+class HeadBounds:
+    """Stands in for uvicorn's protocol class (uvicorn calls it with the same arguments). A
+    picklable value rather than a class made on the fly, because ``--workers`` pickles the config."""
+
+    timeout: float
+    max_bytes: int
+    max_count: int
+
+    def __call__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> BoundedHttpToolsProtocol:
+        return BoundedHttpToolsProtocol(config, server_state, app_state, _loop, bounds=self)
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None,
+        *,
+        bounds: HeadBounds,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.bounds = bounds
+        # Armed while a head is awaited: from connecting, or from the first byte of a later request
+        # (between requests uvicorn's keep-alive timeout applies).
+        self.head_deadline: asyncio.TimerHandle | None = None
+        self.head_bytes = 0
+        self.refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # httptools keeps a header to itself until it ends, so a head still incomplete is measured
+        # here, in bytes received: memory stays within the bound plus one read.
+        if self.head_deadline is not None and not self.refused:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.bounds.max_bytes:
+                self._refuse(f"request head exceeds {self.bounds.max_bytes} bytes (MAX_HEADER_BYTES)")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._await_head()
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_deadline()
+        problem = self._head_problem()
+        if problem is None:
+            super().on_headers_complete()
+        else:
+            self._refuse(problem)
+
+    # The parser goes on through the rest of a read after a refusal; no request exists to take it.
+    def on_body(self, body: bytes) -> None:
+        if not self.refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.refused:
+            super().on_message_complete()
+
+    def _await_head(self) -> None:
+        if self.head_deadline is None and not self.refused:
+            self.head_bytes = 0
+            self.head_deadline = self.loop.call_later(self.bounds.timeout, self._head_timed_out)
+
+    def _stop_head_deadline(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self.head_deadline = None
+        log.info(
+            "closed a connection from %s: no complete request head within %s s (HEADER_TIMEOUT)",
+            _client(self.client),
+            self.bounds.timeout,
+        )
+        self.transport.close()
+
+    def _head_problem(self) -> str | None:
+        if len(self.headers) > self.bounds.max_count:
+            return f"request has {len(self.headers)} header fields, over {self.bounds.max_count} (MAX_HEADERS)"
+        # As sent: "name: value\r\n" per field, after the request line.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.bounds.max_bytes:
+            return f"request head exceeds {self.bounds.max_bytes} bytes (MAX_HEADER_BYTES)"
+        return None
+
+    def _refuse(self, detail: str) -> None:
+        self.refused = True
+        self._stop_head_deadline()
+        log.info("refused a request from %s: %s", _client(self.client), detail)
+        # A pipelined response still being written must not be cut into; then the close says it all.
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(_response_431(detail, self.server_state.default_headers))
+        self.transport.close()
+
+
+def _response_431(detail: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    # Written here, before any app runs, but the same problem+json as the app's own refusals.
+    kind = PROBLEMS[HeadersTooLarge]
+    body = ENCODER.encode(Problem(type=kind.type, title=kind.title, status=kind.status, detail=detail))
+    headers = [
+        *default_headers,
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return b"HTTP/1.1 431 Request Header Fields Too Large\r\n" + head + b"\r\n" + body
+
+
+def _client(address: tuple[str, int] | None) -> str:
+    return "unknown client" if address is None else f"{address[0]}:{address[1]}"

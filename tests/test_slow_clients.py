@@ -1,0 +1,260 @@
+"""Slow and oversized requests, over real sockets to the production uvicorn configuration: a stalled
+head or body never holds a connection past its bound, an oversized head is refused, and a client
+that leaves mid-body is one log line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import msgspec
+import pytest
+
+from shared.app import create_app
+from shared.cli import uvicorn_options
+from shared.config import Settings
+from tests.support import WRITE_TOKEN, serving
+
+BOUND = 0.5  # HEADER_TIMEOUT and BODY_TIMEOUT here: small, so the file runs in seconds
+SLACK = 2.0  # a busy two-core machine may be late by this much, and no more
+MAX_HEADER_BYTES = 4096
+MAX_HEADERS = 20
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@pytest.fixture
+def bounded(settings: Settings) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        header_timeout=BOUND,
+        body_timeout=BOUND,
+        max_header_bytes=MAX_HEADER_BYTES,
+        max_headers=MAX_HEADERS,
+    )
+
+
+@pytest.fixture
+async def address(bounded: Settings) -> AsyncIterator[tuple[str, int]]:
+    async with serving(create_app(bounded), **uvicorn_options(bounded)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+@contextlib.asynccontextmanager
+async def connected(address: tuple[str, int]) -> AsyncIterator[Stream]:
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def until_closed(reader: asyncio.StreamReader, within: float) -> bytes:
+    """All the server sends until it closes the connection (a reset counts as closed)."""
+    received = b""
+    try:
+        async with asyncio.timeout(within):
+            for _ in range(10_000):
+                chunk = await reader.read(65_536)
+                if not chunk:
+                    return received
+                received += chunk
+    except ConnectionResetError:
+        return received
+    except TimeoutError:
+        pytest.fail(f"the connection was still open after {within} s; received {received[:80]!r}")
+    pytest.fail("the server kept sending")
+
+
+async def one_response(reader: asyncio.StreamReader) -> bytes:
+    async with asyncio.timeout(SLACK):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        return head + await reader.readexactly(length)
+
+
+def request_head(method: str, path: str, *headers: str) -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: test", *headers, "", ""]).encode()
+
+
+def status(response: bytes) -> int | None:
+    return int(response.split(b" ")[1]) if response.startswith(b"HTTP/1.1 ") else None
+
+
+def post_customer_head(content_length: int) -> bytes:
+    return request_head(
+        "POST",
+        "/v1/customers",
+        f"Authorization: Bearer {WRITE_TOKEN}",
+        "Content-Type: application/json",
+        f"Content-Length: {content_length}",
+    )
+
+
+CUSTOMER = b'{"email": "slow@example.com", "name": "Slow"}'
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET /healthz HTTP/1.1\r\nHost: test\r\n"],
+    ids=["nothing", "half a head"],
+)
+async def test_a_stalled_head_is_closed_within_the_header_timeout(address: tuple[str, int], sent: bytes) -> None:
+    async with connected(address) as (reader, writer):
+        started = time.monotonic()
+        writer.write(sent)
+        assert await until_closed(reader, BOUND + SLACK) == b""
+        assert time.monotonic() - started >= BOUND * 0.9
+
+
+async def test_a_head_trickled_a_byte_at_a_time_is_closed_within_the_header_timeout(
+    address: tuple[str, int],
+) -> None:
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: " + b"a" * 200:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    async with connected(address) as (reader, writer):
+        trickling = asyncio.create_task(trickle(writer))
+        started = time.monotonic()
+        assert await until_closed(reader, BOUND + SLACK) == b""
+        assert time.monotonic() - started < BOUND + SLACK
+        trickling.cancel()
+
+
+async def test_a_later_request_on_a_kept_alive_connection_gets_its_own_header_timeout(
+    address: tuple[str, int],
+) -> None:
+    async with connected(address) as (reader, writer):
+        for _ in range(2):
+            writer.write(request_head("GET", "/healthz"))
+            assert status(await one_response(reader)) == 200
+            await asyncio.sleep(BOUND * 1.5)  # idle, within uvicorn's keep-alive timeout
+
+
+async def test_a_stalled_body_gets_408_and_a_closed_connection_and_changes_nothing(
+    address: tuple[str, int], db: asyncpg.Connection
+) -> None:
+    async with connected(address) as (reader, writer):
+        writer.write(post_customer_head(len(CUSTOMER)) + CUSTOMER[:10])
+        started = time.monotonic()
+        response = await until_closed(reader, BOUND + SLACK)
+    assert status(response) == 408, response
+    assert b"BODY_TIMEOUT" in response
+    assert time.monotonic() - started >= BOUND * 0.9
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_a_body_sent_with_its_head_in_one_write_is_not_taken_for_the_head(
+    address: tuple[str, int], db: asyncpg.Connection
+) -> None:
+    padding = b" " * (MAX_HEADER_BYTES * 2)  # head and body together pass the head limit
+    body = CUSTOMER[:-1] + padding + b"}"
+    async with connected(address) as (reader, writer):
+        writer.write(post_customer_head(len(body)) + body)
+        assert status(await one_response(reader)) == 201
+    assert await db.fetchval("SELECT count(*) FROM customers") == 1
+
+
+def many_headers(count: int, size: int = 8) -> list[str]:
+    return [f"X-Header-{i}: {'v' * size}" for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        many_headers(MAX_HEADERS + 1),
+        [f"X-Big: {'a' * MAX_HEADER_BYTES}"],
+        many_headers(5_000),
+    ],
+    ids=["one field too many", "one field past the size", "5000 fields"],
+)
+async def test_a_head_past_its_limits_gets_431(address: tuple[str, int], headers: list[str]) -> None:
+    async with connected(address) as (reader, writer):
+        writer.write(request_head("GET", "/healthz", *headers))
+        response = await until_closed(reader, SLACK)
+    assert status(response) == 431, response
+    assert b"application/problem+json" in response
+
+
+async def test_a_megabyte_of_headers_is_refused_before_it_is_all_read(address: tuple[str, int]) -> None:
+    async def send(writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            writer.write(request_head("GET", "/healthz", *many_headers(1_000, size=1_000)))
+            await writer.drain()
+
+    async with connected(address) as (reader, writer):
+        sending = asyncio.create_task(send(writer))
+        response = await until_closed(reader, SLACK)
+        await sending
+    # The server may close while the client is still sending: a reset may then beat the 431.
+    assert status(response) in (431, None), response
+
+
+async def test_a_head_still_incomplete_past_the_size_limit_is_refused_at_once(address: tuple[str, int]) -> None:
+    async with connected(address) as (reader, writer):
+        started = time.monotonic()
+        writer.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEADER_BYTES)
+        response = await until_closed(reader, SLACK)
+    assert status(response) == 431, response
+    assert time.monotonic() - started < BOUND, "refused by its size, not by the header timeout"
+
+
+async def test_a_refused_head_runs_nothing_of_the_body_sent_with_it(
+    address: tuple[str, int], db: asyncpg.Connection
+) -> None:
+    head = post_customer_head(len(CUSTOMER))
+    over = head.replace(b"\r\n\r\n", "".join(f"\r\n{h}" for h in many_headers(MAX_HEADERS)).encode() + b"\r\n\r\n")
+    async with connected(address) as (reader, writer):
+        writer.write(over + CUSTOMER)
+        response = await until_closed(reader, SLACK)
+    assert status(response) == 431, response
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_a_head_within_its_limits_is_served(address: tuple[str, int]) -> None:
+    async with connected(address) as (reader, writer):
+        writer.write(request_head("GET", "/healthz", *many_headers(MAX_HEADERS - 1)))
+        assert status(await one_response(reader)) == 200
+
+
+@pytest.fixture
+def server_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog, also fed by uvicorn's error logger (which does not propagate to the root)."""
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO)
+    try:
+        yield caplog
+    finally:
+        uvicorn_error.removeHandler(caplog.handler)
+
+
+async def test_a_client_leaving_mid_body_is_one_log_line_and_changes_nothing(
+    address: tuple[str, int], db: asyncpg.Connection, server_log: pytest.LogCaptureFixture
+) -> None:
+    async with connected(address) as (_reader, writer):
+        writer.write(post_customer_head(len(CUSTOMER)) + CUSTOMER[:10])
+        await writer.drain()
+    async with asyncio.timeout(SLACK):
+        for _ in range(1_000):
+            if any("mid-body" in r.getMessage() for r in server_log.records):
+                break
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # anything else the request logs would come now
+    lines = [r for r in server_log.records if r.name in ("orders_api.http", "uvicorn.error")]
+    assert [r.getMessage() for r in lines] == ["client closed the connection mid-body: POST /v1/customers"]
+    assert lines[0].exc_info is None
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
