@@ -13,12 +13,15 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
+from starlette.requests import Request
 
 from shared.config import Settings
 from shared.dbfailures import READ, Failure, classify, exhausted, unavailable
 from shared.errors import ConnectionLost
 from shared.http import decoder_for
+from shared.pools import Gate, PoolStats
 from shared.schema import CURRENT_REVISION_SQL
+from shared.sides import resources
 
 T = TypeVar("T")
 
@@ -60,27 +63,51 @@ def _is_dead(connection: Any) -> bool:
 
 
 class ReadPool:
-    def __init__(self, pool: Any, acquire_timeout: float) -> None:
+    """The read pool: a raw asyncpg pool behind a bounded queue (``shared.pools.Gate``)."""
+
+    names = READ
+
+    def __init__(self, pool: Any, settings: Settings) -> None:
         self.pool = pool
-        self.acquire_timeout = acquire_timeout
+        self.timeout = settings.read_pool_acquire_timeout
+        self.gate = Gate(
+            READ,
+            capacity=settings.read_pool_max_size,
+            max_waiting=settings.read_pool_max_waiting,
+            max_waiting_setting="READ_POOL_MAX_WAITING",
+        )
+
+    @classmethod
+    async def open(cls, settings: Settings) -> ReadPool:
+        """The pool, with ``READ_POOL_MIN_SIZE`` connections opened (an unreachable database stops start-up)."""
+        return cls(await create_read_pool(settings), settings)
 
     @asynccontextmanager
-    async def connection(self, wait: float | None = None) -> AsyncIterator[Any]:
+    async def connection(self, wait: float | None = None, *, shed: bool = True) -> AsyncIterator[Any]:
         """One connection for one round trip or batch, released even when the request is cancelled.
 
-        The acquire waits ``wait`` seconds at most (default ``READ_POOL_ACQUIRE_TIMEOUT``). Every
-        driver failure leaves as a 503 (``shared.dbfailures``): ``ConnectionLost`` when the
-        connection died under the statement, which a caller may retry on a fresh one."""
-        timeout = self.acquire_timeout if wait is None else wait
+        The acquire waits ``wait`` seconds at most (default ``READ_POOL_ACQUIRE_TIMEOUT``), and is
+        refused at once when ``READ_POOL_MAX_WAITING`` requests already wait, unless ``shed`` is
+        False. Every driver failure leaves as a 503 (``shared.dbfailures``): ``ConnectionLost``
+        when the connection died under the statement, which a caller may retry on a fresh one."""
+        timeout = self.timeout if wait is None else wait
+        async with self.gate.slot(timeout, shed=shed):
+            # The gate admits no more holders than the pool has connections, so this waits only
+            # for a connection being opened, within the same bound.
+            try:
+                connection = await self.pool.acquire(timeout=timeout)
+            except TimeoutError:
+                raise exhausted(READ, timeout) from None
+            except Exception as exc:
+                # Opening a connection failed: whatever the driver said, the database is not there for us.
+                raise unavailable(classify(exc) or Failure.UNAVAILABLE, READ, exc) from None
+            async with self._held(connection):
+                yield connection
+
+    @asynccontextmanager
+    async def _held(self, connection: Any) -> AsyncIterator[None]:
         try:
-            connection = await self.pool.acquire(timeout=timeout)
-        except TimeoutError:
-            raise exhausted(READ, timeout) from None
-        except Exception as exc:
-            # Opening a connection failed: whatever the driver said, the database is not there for us.
-            raise unavailable(classify(exc) or Failure.UNAVAILABLE, READ, exc) from None
-        try:
-            yield connection
+            yield
         except Exception as exc:
             failure = classify(exc, connection_closed=_is_dead(connection))
             if failure is None:
@@ -99,32 +126,37 @@ class ReadPool:
         except Exception as exc:
             log.warning("read pool: releasing a connection failed: %s: %s", type(exc).__name__, exc)
 
-    async def find(self, sql: str, view: type[T], *args: object, wait: float | None = None) -> T | None:
+    async def find(
+        self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True
+    ) -> T | None:
         """Run ``sql`` (one round trip) whose one value is ``view`` as JSON text; None for no row.
 
         A query is safe to repeat, so one whose connection died under it runs once more on a fresh
         connection: a terminated backend or a restarted server costs a retry, not an error."""
         try:
-            text = await self._value(sql, args, wait)
+            text = await self._value(sql, args, wait, shed)
         except ConnectionLost:
-            text = await self._value(sql, args, wait)
+            text = await self._value(sql, args, wait, shed)
         return None if text is None else decoder_for(view).decode(text)
 
-    async def _value(self, sql: str, args: tuple[object, ...], wait: float | None) -> str | None:
-        async with self.connection(wait) as connection:
+    async def _value(self, sql: str, args: tuple[object, ...], wait: float | None, shed: bool) -> str | None:
+        async with self.connection(wait, shed=shed) as connection:
             text: str | None = await connection.fetchval(sql, *args)
         return text
 
-    async def fetch(self, sql: str, view: type[T], *args: object, wait: float | None = None) -> T:
+    async def fetch(self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True) -> T:
         """``find`` for a statement that always yields its value (an aggregate or a list)."""
-        found = await self.find(sql, view, *args, wait=wait)
+        found = await self.find(sql, view, *args, wait=wait, shed=shed)
         if found is None:
             raise LookupError(f"statement returned no value, expected {view}: {sql}")
         return found
 
+    async def ping(self) -> None:
+        async with self.connection(shed=False) as connection:
+            await connection.fetchval("SELECT 1")
+
     async def schema_revision(self) -> str | None:
-        """The database's migration revision; None when it was never migrated."""
-        async with self.connection() as connection:
+        async with self.connection(shed=False) as connection:
             try:
                 revision: str | None = await connection.fetchval(CURRENT_REVISION_SQL)
             except asyncpg.UndefinedTableError:
@@ -133,3 +165,14 @@ class ReadPool:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            size=self.pool.get_size(), in_use=self.gate.in_use, max=self.gate.capacity, waiting=self.gate.waiting
+        )
+
+
+def read_pool(request: Request) -> ReadPool:
+    pool = resources(request).pools["reads"]
+    assert isinstance(pool, ReadPool)
+    return pool

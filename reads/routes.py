@@ -12,7 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Send
 
-from reads.db import ReadPool
+from reads.db import ReadPool, read_pool
 from reads.params import (
     OrderFilters,
     OrderListing,
@@ -36,6 +36,7 @@ from shared.dto import (
 from shared.errors import NotFound, ServiceUnavailable
 from shared.http import ENCODER, MsgspecResponse, etag, path_id
 from shared.openapi import operation
+from shared.sides import Side, resources
 
 P = TypeVar("P", bound=msgspec.Struct)
 
@@ -50,7 +51,7 @@ MANY = {**ALWAYS, 422: Problem}
 
 def authorize(request: Request) -> None:
     """Queries are open unless READ_API_TOKENS is set; then a bearer token from it is required."""
-    tokens: tuple[str, ...] = request.state.settings.read_api_tokens
+    tokens: tuple[str, ...] = resources(request).settings.read_api_tokens
     if tokens:
         bearer_token(request, tokens)
 
@@ -84,7 +85,7 @@ def resource_route(
     async def endpoint(request: Request) -> Response:
         authorize(request)
         resource_id = path_id(request, kind)
-        found = await find(request.state.reads, resource_id)
+        found = await find(read_pool(request), resource_id)
         if found is None:
             raise NotFound(f"{kind} {resource_id} not found")
         return with_etag(request, found, found.version) if versioned else MsgspecResponse(found)
@@ -101,7 +102,7 @@ def query_route(
     @operation(summary, tag=TAG, responses=responses, query=params)
     async def endpoint(request: Request) -> Response:
         authorize(request)
-        return MsgspecResponse(await run(request.state.reads, query_params(request, params)))
+        return MsgspecResponse(await run(read_pool(request), query_params(request, params)))
 
     return Route(path, endpoint, methods=["GET"], name=run.__name__)
 
@@ -116,7 +117,7 @@ def query_route(
 async def order_export(request: Request) -> Response:
     authorize(request)
     filters = query_params(request, OrderFilters)
-    batches = orders.order_batches(request.state.reads, filters, later_wait=request.state.settings.read_export_wait)
+    batches = orders.order_batches(read_pool(request), filters, later_wait=resources(request).settings.read_export_wait)
     # The first batch is read before any byte is sent, so an exhausted pool or a dead database is
     # still a proper 503; a later failure can only cut the stream, visibly (see WholeOrCut).
     first: list[OrderSummary] = await anext(batches, [])
@@ -179,3 +180,5 @@ ROUTES: list[BaseRoute] = [
     ),
     Route("/v1/exports/orders", order_export, methods=["GET"]),
 ]
+
+SIDE = Side(role="reads", routes=ROUTES, open_pool=ReadPool.open)

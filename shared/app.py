@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,71 +13,75 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-import reads.db
 import reads.routes
-import writes.db
 import writes.routes
 from shared.config import Settings
 from shared.dto import Problem
-from shared.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable
+from shared.errors import ApiError, MethodNotAllowed, NotFound
 from shared.http import ProblemResponse, problem_response
 from shared.openapi import build_openapi, operation
 from shared.routing import by_path
 from shared.schema import head_revision
+from shared.sides import Pool, Resources, Role, Side, resources
 
 VERSION = "0.1.0"
 
 log = logging.getLogger("orders_api")
 
 
-def create_app(settings: Settings) -> Starlette:
+ALL_SIDES: tuple[Side, ...] = (writes.routes.SIDE, reads.routes.SIDE)
+
+
+def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlette:
+    """The app serving ``sides`` (both by default; one for ``serve --role``): their routes, their
+    pools, and readiness over just those pools. The other side's routes answer 404."""
     head = head_revision()
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        engine = writes.db.create_write_engine(settings)
-        try:
-            await writes.db.warm(engine, settings.write_pool_size)
-            read_pool = reads.db.ReadPool(await reads.db.create_read_pool(settings), settings.read_pool_acquire_timeout)
-            resources = {
-                "settings": settings,
-                "engine": engine,
-                "sessions": writes.db.create_session_maker(engine),
-                "reads": read_pool,
-                "schema_head": head,
-            }
-            # Requests see these as request.state.<name>; operations tooling and tests reach the
-            # same objects through app.state.resources.
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
+        async with AsyncExitStack() as stack:
+            pools: dict[Role, Pool] = {}
+            for side in sides:
+                pool = await side.open_pool(settings)
+                stack.push_async_callback(pool.close)
+                pools[side.role] = pool
+            resources = Resources(settings=settings, pools=pools, schema_head=head)
+            # Requests reach it through shared.sides.resources(request); operations tooling and
+            # tests through app.state.resources.
             app.state.resources = resources
-            try:
-                yield resources
-            finally:
-                await read_pool.close()
-        finally:
-            await engine.dispose()
+            yield {"resources": resources}
 
     @operation("The OpenAPI 3.1 document of every route", tag="operations", responses={200: None})
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
 
-    commands, queries = writes.routes.ROUTES, reads.routes.ROUTES
-    routes: list[BaseRoute] = [
+    operations: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
-        *commands,
-        *queries,
     ]
-    # Built once, from the same table the app serves (openapi_json reads it when called). Commands
-    # always need a token; queries only when READ_API_TOKENS is set.
-    secured = [*commands, *(queries if settings.read_api_tokens else [])]
-    openapi = build_openapi(routes, title="orders-api", version=VERSION, secured=secured)
+    served = [route for side in sides for route in side.routes]
+    elsewhere = [not_served(route, side.role) for side in ALL_SIDES if side not in sides for route in side.routes]
+    # Built once, from the routes this process serves. Commands always need a token; queries only
+    # when READ_API_TOKENS is set.
+    secured = [route for side in sides if side.role == "writes" or settings.read_api_tokens for route in side.routes]
+    openapi = build_openapi([*operations, *served], title="orders-api", version=VERSION, secured=secured)
     return Starlette(
         # A path both sides serve (GET and POST /v1/orders) is one route, so a 405 lists every method.
-        routes=by_path(routes),
+        routes=by_path([*operations, *served, *elsewhere]),
         lifespan=lifespan,
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
     )
+
+
+def not_served(route: BaseRoute, role: Role) -> Route:
+    """``route`` in a process that does not serve its side: the same path and methods, a 404."""
+    assert isinstance(route, Route)
+
+    async def elsewhere(request: Request) -> Response:
+        raise NotFound(f"{request.method} {route.path} is served by processes with --role {role} or all")
+
+    return Route(route.path, elsewhere, methods=sorted((route.methods or set()) - {"HEAD"}))
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
@@ -113,51 +116,40 @@ async def healthz(request: Request) -> Response:
 
 
 @operation(
-    "Readiness: both pools answer and the schema is at the migration head",
+    "Readiness: every pool of this process answers and the schema is at the migration head",
     tag="operations",
     responses={200: None, 503: None},
 )
 async def readyz(request: Request) -> Response:
-    """200 when both pools answer and the schema is at head; else 503 naming each failure."""
-    state = request.state
-    settings: Settings = state.settings
-
-    async def write_pool() -> None:
-        await writes.db.run(lambda: writes.db.ping(state.engine))
-
-    async def read_pool_and_schema() -> None:
-        revision = await state.reads.schema_revision()
-        if revision != state.schema_head:
-            found = "not migrated" if revision is None else f"at {revision}"
-            raise SchemaNotAtHead(f"schema {found}, head is {state.schema_head}: run `orders-api migrate`")
-
-    failures = [
-        failure
-        for failure in await asyncio.gather(
-            _check("write pool", write_pool, settings.write_pool_timeout, "WRITE_POOL_TIMEOUT"),
-            _check("read pool", read_pool_and_schema, settings.read_pool_acquire_timeout, "READ_POOL_ACQUIRE_TIMEOUT"),
-        )
-        if failure is not None
-    ]
+    """200 when every pool of this process answers and the schema is at head; else 503 naming each failure."""
+    found = resources(request)
+    # The schema is read through one pool (the read pool where there is one); the others are pinged.
+    pools = sorted(found.pools.items(), key=lambda item: item[0] != "reads")
+    checks = [_check(pool, found.schema_head if n == 0 else None) for n, (_, pool) in enumerate(pools)]
+    failures = [failure for failure in await asyncio.gather(*checks) if failure is not None]
     if failures:
         return PlainTextResponse("not ready: " + "; ".join(failures), status_code=503, headers={"Retry-After": "1"})
     return PlainTextResponse("ready")
 
 
-class SchemaNotAtHead(ServiceUnavailable): ...
-
-
-async def _check(name: str, probe: Callable[[], Awaitable[None]], bound: float, setting: str) -> str | None:
+async def _check(pool: Pool, head: str | None) -> str | None:
+    """Why ``pool`` is not ready (and, with ``head``, the schema it reads), or None."""
+    name = pool.names.pool
     # The contract: readiness never takes longer than the pools' acquire timeouts, query included.
     try:
-        async with asyncio.timeout(bound):
-            await probe()
+        async with asyncio.timeout(pool.timeout):
+            if head is None:
+                await pool.ping()
+                return None
+            revision = await pool.schema_revision()
     except TimeoutError:
-        return f"{name}: no answer within {bound} s ({setting})"
+        return f"{name}: no answer within {pool.timeout} s ({pool.names.acquire_timeout})"
     except ApiError as exc:
-        # Our own words (the pool, the condition, the setting); the driver's message is in the log.
-        return str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+        return str(exc)  # our own words: the pool, the condition, the setting; the driver's are logged
     except Exception:  # a readiness probe reports every failure; it never raises
         log.exception("%s: readiness probe failed", name)
         return f"{name}: unexpected failure (the log has it)"
+    if revision != head:
+        found = "not migrated" if revision is None else f"at {revision}"
+        return f"{name}: schema {found}, head is {head}: run `orders-api migrate`"
     return None

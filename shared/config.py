@@ -44,6 +44,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     write_pool_recycle: PositiveInt = 1800
     write_pool_pre_ping: bool = True
     write_statement_timeout_ms: TimeoutMs = 5000
+    # Requests allowed to queue for a write connection; past it a command is refused at once (503).
+    # Writes are CPU-bound in the ORM at ~100-200 a second per worker, so 10 waiting is at most
+    # about 100 ms of queue: a client hears "busy" at once instead of after WRITE_POOL_TIMEOUT.
+    write_pool_max_waiting: NonNegativeInt = 10
 
     read_pool_min_size: NonNegativeInt = 2
     read_pool_max_size: PositiveInt = 10
@@ -51,6 +55,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     read_pool_max_inactive_lifetime: Annotated[float, Meta(ge=0)] = 300.0
     read_statement_cache_size: NonNegativeInt = 256
     read_statement_timeout_ms: TimeoutMs = 2000
+    # Requests allowed to queue for a read connection; past it a query is refused at once (503).
+    # A read takes about a millisecond of connection time, so 50 waiting is tens of milliseconds.
+    read_pool_max_waiting: NonNegativeInt = 50
     # An export's first batch waits READ_POOL_ACQUIRE_TIMEOUT like any query (before the 200, a
     # busy pool is still a clean 503). Its later batches wait this long: once the headers are out,
     # giving up would cut the body, so a started export queues for its turn instead.

@@ -23,6 +23,7 @@ from shared.errors import (
     RequestTimeout,
     problem_kind,
 )
+from shared.sides import resources
 
 T = TypeVar("T")
 
@@ -118,7 +119,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
-    timeout: float = request.state.settings.body_timeout
+    timeout: float = resources(request).settings.body_timeout
     try:
         async with asyncio.timeout(timeout):
             return await _read_within(request, limit)

@@ -42,7 +42,7 @@ async def test_readyz_is_503_within_the_acquire_timeout_when_the_read_pool_is_ex
         database_url=database_url, read_pool_min_size=1, read_pool_max_size=1, read_pool_acquire_timeout=0.2
     )
     app = create_app(settings)
-    async with running_client(app) as client, app.state.resources["reads"].connection():
+    async with running_client(app) as client, app.state.resources.pools["reads"].connection():
         started = time.monotonic()
         response = await client.get("/readyz")
         elapsed = time.monotonic() - started

@@ -1,4 +1,4 @@
-"""The write pool: a small SQLAlchemy AsyncEngine and the session maker handlers receive.
+"""The write pool: a small SQLAlchemy AsyncEngine, behind a bounded queue, that runs every command.
 
 Small on purpose: writes are short transactions, and every write connection is one PostgreSQL
 backend that the read side cannot use. ``WRITE_POOL_SIZE`` x workers must fit ``max_connections``.
@@ -11,15 +11,21 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy.exc
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import QueuePool
+from starlette.requests import Request
 
 from shared.config import Settings
 from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
 from shared.errors import ApiError
+from shared.pools import Gate, PoolStats
+from shared.schema import CURRENT_REVISION_SQL
+from shared.sides import resources
 
 T = TypeVar("T")
 
@@ -56,48 +62,97 @@ def create_write_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def create_session_maker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    # Views are built from objects after commit; expiring them would force a lazy reload.
-    return async_sessionmaker(engine, expire_on_commit=False)
+class WritePool:
+    """The write pool: a small SQLAlchemy engine behind a bounded queue (``shared.pools.Gate``).
+
+    Every command runs through ``run``: the one place a write transaction is opened."""
+
+    names = WRITE
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.timeout = settings.write_pool_timeout
+        self.gate = Gate(
+            WRITE,
+            capacity=settings.write_pool_size + settings.write_pool_max_overflow,
+            max_waiting=settings.write_pool_max_waiting,
+            max_waiting_setting="WRITE_POOL_MAX_WAITING",
+        )
+        # Views are built from objects after commit; expiring them would force a lazy reload.
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> WritePool:
+        """The pool, with ``WRITE_POOL_SIZE`` connections opened so the first requests do not pay for
+        connecting (and an unreachable database stops start-up)."""
+        pool = cls(create_write_engine(settings), settings)
+        try:
+            async with AsyncExitStack() as stack:
+                for _ in range(settings.write_pool_size):
+                    connection = await stack.enter_async_context(pool.engine.connect())
+                    await connection.exec_driver_sql("SELECT 1")
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, shed: bool = True) -> T:
+        """Run ``work`` as one unit of work: one transaction, committed when ``work`` returns and
+        rolled back when it raises. It is retried whole on a serialization failure or deadlock,
+        and the database's ways of failing (``shared.dbfailures``) become 503s a client can retry.
+        ``shed=False`` waits its turn even when the queue is full (the readiness probe)."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                async with self.gate.slot(self.timeout, shed=shed), self.sessions.begin() as session:
+                    return await work(session)
+            except sqlalchemy.exc.TimeoutError:
+                raise exhausted(WRITE, self.timeout) from None
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
+                failure = classify(exc, connection_closed=invalidated)
+                if failure is None:
+                    raise
+                if failure is not Failure.CONFLICT or attempt == ATTEMPTS:
+                    # A write is not repeated on a lost connection: its commit may have landed.
+                    # The client retries, with its Idempotency-Key if it sent one.
+                    raise unavailable(failure, WRITE, exc) from None
+            # Jittered, so two transactions that collided do not collide again in step.
+            await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311 - jitter, not a secret
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def ping(self) -> None:
+        await self.run(_select_one, shed=False)
+
+    async def schema_revision(self) -> str | None:
+        return await self.run(_revision, shed=False)
+
+    def stats(self) -> PoolStats:
+        queue = cast(QueuePool, self.engine.pool)
+        return PoolStats(
+            size=queue.checkedin() + queue.checkedout(),
+            in_use=self.gate.in_use,
+            max=self.gate.capacity,
+            waiting=self.gate.waiting,
+        )
 
 
-async def warm(engine: AsyncEngine, connections: int) -> None:
-    """Open ``connections`` at once so the first requests do not pay for connecting."""
-    async with AsyncExitStack() as stack:
-        for _ in range(connections):
-            connection = await stack.enter_async_context(engine.connect())
-            await connection.exec_driver_sql("SELECT 1")
+async def _select_one(session: AsyncSession) -> None:
+    await session.execute(text("SELECT 1"))
 
 
-async def ping(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
-        await connection.exec_driver_sql("SELECT 1")
+async def _revision(session: AsyncSession) -> str | None:
+    try:
+        async with session.begin_nested():
+            revision: str | None = await session.scalar(text(CURRENT_REVISION_SQL))
+    except ProgrammingError:  # no alembic_version table: never migrated
+        return None
+    return revision
 
 
 ATTEMPTS = 3
-
-
-async def run(work: Callable[[], Awaitable[T]]) -> T:
-    """Run one unit of work: retry it whole on a serialization failure or deadlock, and turn the
-    database's ways of failing (``shared.dbfailures``) into 503s a client can retry. Every write
-    request goes through here."""
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            return await work()
-        except sqlalchemy.exc.TimeoutError:
-            raise exhausted(WRITE) from None
-        except (DBAPIError, OSError, TimeoutError) as exc:
-            invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
-            failure = classify(exc, connection_closed=invalidated)
-            if failure is None:
-                raise
-            if failure is not Failure.CONFLICT or attempt == ATTEMPTS:
-                # A write is not repeated on a lost connection: its commit may have landed.
-                # The client retries, with its Idempotency-Key if it sent one.
-                raise unavailable(failure, WRITE, exc) from None
-        # Jittered, so two transactions that collided do not collide again in step.
-        await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311 - jitter, not a secret
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def add_unique(session: AsyncSession, row: object, taken: ApiError) -> None:
@@ -107,3 +162,9 @@ async def add_unique(session: AsyncSession, row: object, taken: ApiError) -> Non
         await session.flush()
     except IntegrityError:
         raise taken from None
+
+
+def write_pool(request: Request) -> WritePool:
+    pool = resources(request).pools["writes"]
+    assert isinstance(pool, WritePool)
+    return pool

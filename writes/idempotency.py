@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,11 +17,12 @@ import msgspec
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
 from shared.dbfailures import sqlstate
 from shared.errors import IdempotencyKeyReused, InvalidInput, RequestInProgress
+from shared.sides import resources
 from writes.models import IdempotencyKey
 
 KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -70,40 +70,24 @@ def claim_for(request: Request, token: str, key: str, body: bytes) -> Claim:
     """The key scoped to the caller's token, and the fingerprint of the request it names."""
     fingerprint = hashlib.sha256(b"\n".join([request.method.encode(), request.url.path.encode(), body])).digest()
     token_hash = hashlib.sha256(token.encode()).digest()
-    return Claim(token_hash, key, fingerprint, request.state.settings.idempotency_ttl)
+    return Claim(token_hash, key, fingerprint, resources(request).settings.idempotency_ttl)
 
 
-async def once(
-    engine: AsyncEngine,
-    claim: Claim,
-    work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[StoredResponse]],
-) -> tuple[StoredResponse, bool]:
-    """Run ``work`` at most once per key; the response and whether it is a replay.
-
-    The handler's session joins this connection's transaction (its commit leaves it open, its
-    rollback rolls it back), so the claim, the command and the stored response commit together.
-    """
-    async with engine.connect() as connection, connection.begin():
-        stored = await _claim(connection, claim)
-        if stored is not None:
-            return stored, True
-        response = await work(async_sessionmaker(connection, expire_on_commit=False))
-        await connection.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.token_hash == claim.token_hash, IdempotencyKey.key == claim.key)
-            .values(status_code=response.status, headers=msgspec.json.encode(response.headers), body=response.body)
-        )
-        return response, False
+async def store_response(session: AsyncSession, claim: Claim, response: StoredResponse) -> None:
+    """Keep the response for replays; it commits with the command's effects, or not at all."""
+    await session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.token_hash == claim.token_hash, IdempotencyKey.key == claim.key)
+        .values(status_code=response.status, headers=msgspec.json.encode(response.headers), body=response.body)
+    )
 
 
-async def _claim(connection: AsyncConnection, claim: Claim) -> StoredResponse | None:
+async def claim_key(session: AsyncSession, claim: Claim) -> StoredResponse | None:
     """None when this request now owns the key; the stored response when another request did."""
-    await connection.execute(text(f"SET LOCAL lock_timeout = '{IN_PROGRESS_WAIT}'"))
+    await session.execute(text(f"SET LOCAL lock_timeout = '{IN_PROGRESS_WAIT}'"))
     try:
-        await connection.execute(
-            PURGE_EXPIRED, {"token_hash": claim.token_hash, "key": claim.key, "batch": PURGE_BATCH}
-        )
-        claimed = await connection.scalar(
+        await session.execute(PURGE_EXPIRED, {"token_hash": claim.token_hash, "key": claim.key, "batch": PURGE_BATCH})
+        claimed = await session.scalar(
             insert(IdempotencyKey)
             .values(
                 token_hash=claim.token_hash,
@@ -122,13 +106,13 @@ async def _claim(connection: AsyncConnection, claim: Claim) -> StoredResponse | 
         if sqlstate(exc) == LOCK_NOT_AVAILABLE:
             raise RequestInProgress(f"a request with Idempotency-Key {claim.key!r} is still running") from None
         raise
-    await connection.execute(text("SET LOCAL lock_timeout = DEFAULT"))
-    return None if claimed is not None else await _stored(connection, claim)
+    await session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
+    return None if claimed is not None else await _stored(session, claim)
 
 
-async def _stored(connection: AsyncConnection, claim: Claim) -> StoredResponse:
+async def _stored(session: AsyncSession, claim: Claim) -> StoredResponse:
     row = (
-        await connection.execute(
+        await session.execute(
             select(
                 IdempotencyKey.fingerprint, IdempotencyKey.status_code, IdempotencyKey.headers, IdempotencyKey.body
             ).where(IdempotencyKey.token_hash == claim.token_hash, IdempotencyKey.key == claim.key)

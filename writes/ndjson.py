@@ -9,6 +9,7 @@ from shared.dto import ImportedOrder
 from shared.errors import InvalidInput
 from shared.http import decode_typed, media_type
 from writes.handlers import OrderImport
+from writes.handlers.orders import requested_quantities
 
 MEDIA_TYPES = ("application/x-ndjson", "application/jsonl")
 MAX_ORDERS = 100_000
@@ -29,11 +30,15 @@ def decode_orders(body: bytes) -> OrderImport:
         if len(orders) == MAX_ORDERS:
             raise InvalidInput(f"line {number}: an import holds at most {MAX_ORDERS} orders")
         try:
-            orders.append(decode_typed(line, ImportedOrder))
+            order = decode_typed(line, ImportedOrder)
+            requested_quantities(order.items)
         except msgspec.DecodeError as exc:  # malformed JSON and schema violations alike
             raise InvalidInput(f"line {number}: {exc}") from None
         except UnicodeDecodeError:
             raise InvalidInput(f"line {number}: not valid UTF-8") from None
+        except InvalidInput as exc:
+            raise InvalidInput(f"line {number}: {exc}") from None
+        orders.append(order)
         lines.append(number)
     if not orders:
         raise InvalidInput("the body holds no orders")

@@ -1,6 +1,7 @@
 """The path every command request takes: authenticate, decode the body, run the handler as one
-unit of work (once per idempotency key, inside ``writes.db.run``, which retries conflicts and turns
-database failures into 503s), and answer with bytes that a replay can send again unchanged.
+unit of work (in ``WritePool.run``, which retries conflicts and turns database failures into 503s,
+with the idempotency key claimed and stored in the same transaction), and answer with bytes that a
+replay can send again unchanged.
 """
 
 from __future__ import annotations
@@ -9,21 +10,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.auth import bearer_token
 from shared.errors import NotJson
 from shared.http import ENCODER, decode_json, etag, is_json, read_body
+from shared.sides import resources
 from writes import idempotency
-from writes.db import run
+from writes.db import write_pool
 from writes.idempotency import Claim, StoredResponse
 
 T = TypeVar("T")
 V = TypeVar("V")
-
-Sessions = async_sessionmaker[AsyncSession]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ async def accept(
     request: Request, decode: Callable[[bytes], T], *, limit: int, wrong_media: str | None = None
 ) -> Incoming[T]:
     # The token is checked before a byte of the body is read: strangers cannot make us buffer.
-    token = bearer_token(request, request.state.settings.write_api_tokens)
+    token = bearer_token(request, resources(request).settings.write_api_tokens)
     key = idempotency.idempotency_key(request)
     if wrong_media is not None:
         raise NotJson(wrong_media)
@@ -48,7 +48,7 @@ async def accept(
 
 
 async def accept_json(request: Request, type_: type[T]) -> Incoming[T]:
-    limit = request.state.settings.max_body_bytes
+    limit = resources(request).settings.max_body_bytes
     return await accept(
         request,
         lambda body: decode_json(body, type_),
@@ -59,24 +59,28 @@ async def accept_json(request: Request, type_: type[T]) -> Incoming[T]:
 
 async def accept_empty(request: Request) -> Incoming[None]:
     """Transitions take no body; one that is sent is read (within the limit) and ignored."""
-    return await accept(request, lambda body: None, limit=request.state.settings.max_body_bytes)
+    return await accept(request, lambda body: None, limit=resources(request).settings.max_body_bytes)
 
 
 async def execute(
     request: Request,
     incoming: Incoming[Any],
-    work: Callable[[Sessions], Awaitable[V]],
+    work: Callable[[AsyncSession], Awaitable[V]],
     reply: Callable[[V], StoredResponse],
 ) -> Response:
-    async def respond(sessions: Sessions) -> StoredResponse:
-        return reply(await work(sessions))
-
-    state = request.state
     claim = incoming.claim
-    if claim is None:
-        stored, replayed = await run(lambda: respond(state.sessions)), False
-    else:
-        stored, replayed = await run(lambda: idempotency.once(state.engine, claim, respond))
+
+    async def unit_of_work(session: AsyncSession) -> tuple[StoredResponse, bool]:
+        # One transaction (opened by WritePool.run): claim the key, run the command, store its
+        # response. They commit together, or nothing does.
+        if claim is not None and (stored := await idempotency.claim_key(session, claim)) is not None:
+            return stored, True
+        response = reply(await work(session))
+        if claim is not None:
+            await idempotency.store_response(session, claim, response)
+        return response, False
+
+    stored, replayed = await write_pool(request).run(unit_of_work)
     headers = {**stored.headers, "Idempotent-Replayed": "true"} if replayed else stored.headers
     return Response(stored.body, status_code=stored.status, headers=headers, media_type="application/json")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -26,12 +27,14 @@ from shared.dto import (
 )
 from shared.http import if_match_versions, path_id
 from shared.openapi import operation
+from shared.sides import Side, resources
 from writes import handlers
+from writes.db import WritePool
 from writes.handlers import OrderImport
 from writes.handlers.orders import IfMatch
 from writes.idempotency import StoredResponse
 from writes.ndjson import MEDIA_TYPES, decode_orders, is_ndjson
-from writes.pipeline import Incoming, Sessions, accept, accept_empty, accept_json, created, execute, ok
+from writes.pipeline import Incoming, accept, accept_empty, accept_json, created, execute, ok
 
 C = TypeVar("C")
 V = TypeVar("V")
@@ -45,15 +48,16 @@ IDEMPOTENT = ("Idempotency-Key",)
 def command(
     path: str,
     body: type[C],
-    handler: Callable[[C, Sessions], Awaitable[V]],
+    handler: Callable[[C, AsyncSession], Awaitable[V]],
     reply: Callable[[V], StoredResponse],
     *,
+    tag: str,
     summary: str,
     responses: dict[int, Any],
 ) -> Route:
     """A route for a command with a JSON body and no path parameter."""
 
-    @operation(summary, tag=path.split("/")[2], body=body, headers=IDEMPOTENT, responses={**responses, **REFUSALS})
+    @operation(summary, tag=tag, body=body, headers=IDEMPOTENT, responses={**responses, **REFUSALS})
     async def endpoint(request: Request) -> Response:
         incoming = await accept_json(request, body)
         return await execute(request, incoming, lambda s: handler(incoming.command, s), reply)
@@ -62,7 +66,7 @@ def command(
 
 
 def product_change(
-    path: str, body: type[C], handler: Callable[[int, C, Sessions], Awaitable[ProductView]], *, summary: str
+    path: str, body: type[C], handler: Callable[[int, C, AsyncSession], Awaitable[ProductView]], *, summary: str
 ) -> Route:
     @operation(
         summary, tag="products", body=body, headers=IDEMPOTENT, responses={200: ProductView, 404: Problem, **REFUSALS}
@@ -75,7 +79,9 @@ def product_change(
     return Route(path, endpoint, methods=["POST"])
 
 
-def transition(path: str, handler: Callable[[int, IfMatch, Sessions], Awaitable[OrderView]], *, summary: str) -> Route:
+def transition(
+    path: str, handler: Callable[[int, IfMatch, AsyncSession], Awaitable[OrderView]], *, summary: str
+) -> Route:
     @operation(
         summary,
         tag="orders",
@@ -102,7 +108,7 @@ async def import_orders(request: Request) -> Response:
     incoming: Incoming[OrderImport] = await accept(
         request,
         decode_orders,
-        limit=request.state.settings.max_import_bytes,
+        limit=resources(request).settings.max_import_bytes,
         wrong_media=None if is_ndjson(request) else f"Content-Type must be one of {', '.join(MEDIA_TYPES)}",
     )
     return await execute(request, incoming, lambda s: handlers.import_orders(incoming.command, s), ok)
@@ -114,6 +120,7 @@ ROUTES: list[BaseRoute] = [
         CreateCustomer,
         handlers.create_customer,
         created("/v1/customers"),
+        tag="customers",
         summary="Create a customer",
         responses={201: CustomerView, 409: Problem},
     ),
@@ -122,6 +129,7 @@ ROUTES: list[BaseRoute] = [
         UpsertCustomers,
         handlers.upsert_customers,
         ok,
+        tag="customers",
         summary="Insert or update customers by email, in one statement",
         responses={200: UpsertResult},
     ),
@@ -130,6 +138,7 @@ ROUTES: list[BaseRoute] = [
         CreateProduct,
         handlers.create_product,
         created("/v1/products"),
+        tag="products",
         summary="Create a product",
         responses={201: ProductView, 409: Problem},
     ),
@@ -145,6 +154,7 @@ ROUTES: list[BaseRoute] = [
         PlaceOrder,
         handlers.place_order,
         created("/v1/orders"),
+        tag="orders",
         summary="Place an order, taking its stock",
         responses={201: OrderView, 404: Problem, 409: Problem},
     ),
@@ -157,3 +167,5 @@ ROUTES: list[BaseRoute] = [
         summary="Cancel an order (pending or paid), returning its stock",
     ),
 ]
+
+SIDE = Side(role="writes", routes=ROUTES, open_pool=WritePool.open)

@@ -12,14 +12,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.config import Settings
 from shared.dto import CreateCustomer, CreateProduct, ImportedLine, ImportedOrder, OrderStatus, UpsertCustomers
 from shared.errors import SkuTaken
-from writes.db import create_session_maker, create_write_engine
+from writes.db import WritePool
 from writes.handlers import OrderImport, create_product, import_orders, upsert_customers
 from writes.models import Customer, Product
 
@@ -47,29 +48,31 @@ class SeedCounts:
 
 async def seed(settings: Settings, counts: SeedCounts, advance: Advance) -> None:
     """Write ``counts`` of demo rows, calling ``advance(n)`` as each batch of n rows lands."""
-    engine = create_write_engine(settings)
+    pool = await WritePool.open(settings)
     try:
-        sessions = create_session_maker(engine)
-        customer_ids = await seed_customers(sessions, counts.customers, advance)
-        prices = await seed_products(sessions, counts.products, advance)
-        await seed_orders(sessions, customer_ids, prices, counts.orders, advance)
+        customer_ids = await seed_customers(pool, counts.customers, advance)
+        prices = await seed_products(pool, counts.products, advance)
+        await seed_orders(pool, customer_ids, prices, counts.orders, advance)
     finally:
-        await engine.dispose()
+        await pool.close()
 
 
-async def seed_customers(sessions: async_sessionmaker[AsyncSession], count: int, advance: Advance) -> list[int]:
+async def seed_customers(pool: WritePool, count: int, advance: Advance) -> list[int]:
     for start in range(0, count, CUSTOMER_BATCH):
         batch = [
             CreateCustomer(email=f"customer{n:06d}{EMAIL_DOMAIN}", name=f"Customer {n}")
             for n in range(start + 1, min(start + CUSTOMER_BATCH, count) + 1)
         ]
-        await upsert_customers(UpsertCustomers(customers=batch), sessions)
+        await pool.run(partial(upsert_customers, UpsertCustomers(customers=batch)))
         advance(len(batch))
-    async with sessions.begin() as session:
-        return list(await session.scalars(select(Customer.id).where(Customer.email.endswith(EMAIL_DOMAIN))))
+    return await pool.run(_demo_customer_ids)
 
 
-async def seed_products(sessions: async_sessionmaker[AsyncSession], count: int, advance: Advance) -> dict[int, int]:
+async def _demo_customer_ids(session: AsyncSession) -> list[int]:
+    return list(await session.scalars(select(Customer.id).where(Customer.email.endswith(EMAIL_DOMAIN))))
+
+
+async def seed_products(pool: WritePool, count: int, advance: Advance) -> dict[int, int]:
     """Every demo product's price by id; products left by an earlier seed are kept as they are."""
     rng = random.Random()  # noqa: S311 - demo data, not a secret
     for sku in (f"{SKU_PREFIX}{n:05d}" for n in range(1, count + 1)):
@@ -80,15 +83,18 @@ async def seed_products(sessions: async_sessionmaker[AsyncSession], count: int, 
             stock=rng.randrange(100, 10_000),
         )
         with contextlib.suppress(SkuTaken):  # seeded before: keep it, with its stock and price now
-            await create_product(product, sessions)
+            await pool.run(partial(create_product, product))
         advance(1)
-    async with sessions.begin() as session:
-        rows = await session.execute(select(Product.id, Product.price_cents).where(Product.sku.startswith(SKU_PREFIX)))
-        return {row.id: row.price_cents for row in rows}
+    return await pool.run(_demo_prices)
+
+
+async def _demo_prices(session: AsyncSession) -> dict[int, int]:
+    rows = await session.execute(select(Product.id, Product.price_cents).where(Product.sku.startswith(SKU_PREFIX)))
+    return {row.id: row.price_cents for row in rows}
 
 
 async def seed_orders(
-    sessions: async_sessionmaker[AsyncSession],
+    pool: WritePool,
     customer_ids: list[int],
     prices: dict[int, int],
     count: int,
@@ -100,7 +106,7 @@ async def seed_orders(
     for start in range(0, count, ORDER_BATCH):
         size = min(ORDER_BATCH, count - start)
         orders = [demo_order(rng, now, customer_ids, product_ids, prices) for _ in range(size)]
-        await import_orders(OrderImport(orders, list(range(1, size + 1))), sessions)
+        await pool.run(partial(import_orders, OrderImport(orders, list(range(1, size + 1)))))
         advance(size)
 
 

@@ -105,11 +105,14 @@ async def order_batches(
     The ``yield`` sits outside the pool's connection: while a slow client drains a batch, its
     connection is back in the pool, and memory holds one batch however many orders match. The
     first batch waits for a connection as any query does; the later ones up to ``later_wait``
-    (``READ_EXPORT_WAIT``), because by then the response has begun.
+    (``READ_EXPORT_WAIT``), and are never turned away by a full queue, because by then the
+    response has begun.
     """
     after, wait = 0, None
     while True:
-        batch = await pool.fetch(EXPORT_BATCH, list[OrderSummary], *filters.values(), after, batch_size, wait=wait)
+        batch = await pool.fetch(
+            EXPORT_BATCH, list[OrderSummary], *filters.values(), after, batch_size, wait=wait, shed=wait is None
+        )
         if not batch:
             return
         yield batch

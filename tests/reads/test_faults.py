@@ -166,7 +166,7 @@ async def export_while_the_pool_is_held(app: Starlette, hold_for: float) -> tupl
     ):
         assert response.status_code == 200
         await asyncio.wait_for(paused.wait(), 10)
-        async with app.state.resources["reads"].connection():
+        async with app.state.resources.pools["reads"].connection():
             resume.set()
             await asyncio.sleep(hold_for)
         try:

@@ -67,7 +67,7 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 async def test_query_plan_has_no_sequential_scan_on_orders(
     app: Starlette, name: str, sql: str, args: tuple[object, ...]
 ) -> None:
-    async with running_client(app), app.state.resources["reads"].connection() as connection:
+    async with running_client(app), app.state.resources.pools["reads"].connection() as connection:
         plan = json.loads(await connection.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))[0]["Plan"]
 
     scans = {
@@ -89,7 +89,7 @@ async def many_products(db: asyncpg.Connection) -> None:
 
 @pytest.mark.usefixtures("many_products")
 async def test_a_search_for_a_rare_substring_uses_the_trigram_indexes_not_a_scan(app: Starlette) -> None:
-    async with running_client(app), app.state.resources["reads"].connection() as connection:
+    async with running_client(app), app.state.resources.pools["reads"].connection() as connection:
         plan = json.loads(
             await connection.fetchval(f"EXPLAIN (FORMAT JSON) {PRODUCT_SEARCH}", like_pattern("number 12345"), None, 21)
         )[0]["Plan"]

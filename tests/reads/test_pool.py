@@ -51,7 +51,10 @@ async def waiting_reads(db: asyncpg.Connection) -> int:
 
 @pytest.mark.parametrize("url", QUERY_URLS)
 async def test_an_exhausted_read_pool_is_a_prompt_503_with_retry_after(one_connection_app: Starlette, url: str) -> None:
-    async with running_client(one_connection_app) as client, one_connection_app.state.resources["reads"].connection():
+    async with (
+        running_client(one_connection_app) as client,
+        one_connection_app.state.resources.pools["reads"].connection(),
+    ):
         started = time.monotonic()
         response = await client.get(url)
         elapsed = time.monotonic() - started
@@ -79,7 +82,7 @@ async def test_a_cancelled_request_returns_its_connection_to_the_pool(
 
         # orders is still locked: the pool's only connection must be free, its query abandoned.
         response = await client.get("/v1/products/1")
-        pool = one_connection_app.state.resources["reads"].pool
+        pool = one_connection_app.state.resources.pools["reads"].pool
 
         assert response.status_code == 404
         assert pool.get_size() - pool.get_idle_size() == 0

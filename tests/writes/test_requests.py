@@ -106,7 +106,7 @@ async def test_no_free_write_connection_within_the_pool_timeout_is_503_with_retr
     settings: Settings, db: asyncpg.Connection
 ) -> None:
     app = create_app(msgspec.structs.replace(settings, write_pool_size=1, write_pool_timeout=0.2))
-    async with running_client(app) as client, app.state.resources["engine"].connect():
+    async with running_client(app) as client, app.state.resources.pools["writes"].gate.slot(1.0):
         response = await client.post("/v1/customers", json={"email": "a@example.com", "name": "A"}, headers=AUTH)
     assert_problem(response, 503, "WRITE_POOL_TIMEOUT")
     assert response.headers["retry-after"]

@@ -1,4 +1,5 @@
-"""One async function per command: ``(command, sessions) -> view``, one visible transaction each."""
+"""One async function per command: ``(command, session) -> view``. The transaction is opened and
+committed in one place, ``WritePool.run``, around the idempotency key and the handler together."""
 
 from writes.handlers.customers import create_customer, upsert_customers
 from writes.handlers.imports import OrderImport, import_orders

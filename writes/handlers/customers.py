@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Text, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningInsert
 
 from shared.dto import CreateCustomer, CustomerView, UpsertCustomers, UpsertResult
@@ -13,20 +13,18 @@ from writes.db import add_unique
 from writes.models import Customer
 
 
-async def create_customer(command: CreateCustomer, sessions: async_sessionmaker[AsyncSession]) -> CustomerView:
+async def create_customer(command: CreateCustomer, session: AsyncSession) -> CustomerView:
     email = command.email.lower()
-    async with sessions.begin() as session:
-        customer = Customer(email=email, name=command.name)
-        await add_unique(session, customer, EmailTaken(f"email {email} is already taken"))
-        return customer_view(customer)
+    customer = Customer(email=email, name=command.name)
+    await add_unique(session, customer, EmailTaken(f"email {email} is already taken"))
+    return customer_view(customer)
 
 
-async def upsert_customers(command: UpsertCustomers, sessions: async_sessionmaker[AsyncSession]) -> UpsertResult:
+async def upsert_customers(command: UpsertCustomers, session: AsyncSession) -> UpsertResult:
     """Insert new emails, rename existing ones; a batch that names an email twice keeps the last name
     (PostgreSQL refuses to update one row twice in a statement, so duplicates are folded first)."""
     names = {customer.email.lower(): customer.name for customer in command.customers}
-    async with sessions.begin() as session:
-        inserted = (await session.scalars(_upsert(list(names), list(names.values())))).all()
+    inserted = (await session.scalars(_upsert(list(names), list(names.values())))).all()
     return UpsertResult(inserted=sum(inserted), updated=len(inserted) - sum(inserted))
 
 

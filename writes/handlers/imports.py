@@ -7,12 +7,11 @@ from typing import Any
 
 from sqlalchemy import BigInteger, any_, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from shared.dto import ImportedOrder, ImportResult
 from shared.errors import InvalidInput
-from writes.handlers.orders import requested_quantities
 from writes.models import Customer, Order, OrderItem, Product
 
 
@@ -24,28 +23,22 @@ class OrderImport:
     lines: list[int]
 
 
-async def import_orders(command: OrderImport, sessions: async_sessionmaker[AsyncSession]) -> ImportResult:
-    for line, order in zip(command.lines, command.orders, strict=True):
-        try:
-            requested_quantities(order.items)
-        except InvalidInput as exc:
-            raise InvalidInput(f"line {line}: {exc}") from None
-    async with sessions.begin() as session:
-        await _require_known_ids(session, command)
-        # A list of parameter sets makes this the ORM's bulk INSERT: insertmanyvalues batches many
-        # rows into each statement, and sort_by_parameter_order pairs the ids with their orders.
-        order_ids = (
-            await session.scalars(
-                insert(Order).returning(Order.id, sort_by_parameter_order=True),
-                [_order_row(order) for order in command.orders],
-            )
-        ).all()
-        item_rows = [
-            {"order_id": order_id, "line_no": n, **item}
-            for order_id, order in zip(order_ids, command.orders, strict=True)
-            for n, item in enumerate(_item_rows(order), start=1)
-        ]
-        await session.execute(insert(OrderItem), item_rows)
+async def import_orders(command: OrderImport, session: AsyncSession) -> ImportResult:
+    await _require_known_ids(session, command)
+    # A list of parameter sets makes this the ORM's bulk INSERT: insertmanyvalues batches many
+    # rows into each statement, and sort_by_parameter_order pairs the ids with their orders.
+    order_ids = (
+        await session.scalars(
+            insert(Order).returning(Order.id, sort_by_parameter_order=True),
+            [_order_row(order) for order in command.orders],
+        )
+    ).all()
+    item_rows = [
+        {"order_id": order_id, "line_no": n, **item}
+        for order_id, order in zip(order_ids, command.orders, strict=True)
+        for n, item in enumerate(_item_rows(order), start=1)
+    ]
+    await session.execute(insert(OrderItem), item_rows)
     return ImportResult(imported=len(order_ids))
 
 

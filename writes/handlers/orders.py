@@ -7,7 +7,7 @@ from typing import NamedTuple, Protocol, cast
 
 from sqlalchemy import BigInteger, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
 from shared.dto import OrderCustomer, OrderItemView, OrderStatus, OrderView, PlaceOrder
@@ -40,55 +40,51 @@ SHIP = Transition("ship", ("paid",), "shipped")
 CANCEL = Transition("cancel", ("pending", "paid"), "cancelled")
 
 
-async def place_order(command: PlaceOrder, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
+async def place_order(command: PlaceOrder, session: AsyncSession) -> OrderView:
     wanted = requested_quantities(command.items)
-    async with sessions.begin() as session:
-        customer = await session.get(Customer, command.customer_id)
-        if customer is None:
-            raise NotFound(f"customer {command.customer_id} not found")
-        products = await take_stock(session, wanted)
-        items = [
-            OrderItem(
-                line_no=n,
-                product=products[line.product_id],
-                quantity=line.quantity,
-                unit_price_cents=products[line.product_id].price_cents,
-            )
-            for n, line in enumerate(command.items, start=1)
-        ]
-        order = Order(
-            customer=customer,
-            status="pending",
-            item_count=sum(item.quantity for item in items),
-            total_cents=sum(item.quantity * item.unit_price_cents for item in items),
-            items=items,
+    customer = await session.get(Customer, command.customer_id)
+    if customer is None:
+        raise NotFound(f"customer {command.customer_id} not found")
+    products = await take_stock(session, wanted)
+    items = [
+        OrderItem(
+            line_no=n,
+            product=products[line.product_id],
+            quantity=line.quantity,
+            unit_price_cents=products[line.product_id].price_cents,
         )
-        session.add(order)
-        # The INSERT returns id, version and both timestamps: the view shows what the row holds.
-        await session.flush()
-        return order_view(order)
+        for n, line in enumerate(command.items, start=1)
+    ]
+    order = Order(
+        customer=customer,
+        status="pending",
+        item_count=sum(item.quantity for item in items),
+        total_cents=sum(item.quantity * item.unit_price_cents for item in items),
+        items=items,
+    )
+    session.add(order)
+    # The INSERT returns id, version and both timestamps: the view shows what the row holds.
+    await session.flush()
+    return order_view(order)
 
 
-async def pay_order(order_id: int, if_match: IfMatch, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
-    async with sessions.begin() as session:
-        await change_status(session, order_id, if_match, PAY)
-        return order_view(await load_order(session, order_id))
+async def pay_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
+    await change_status(session, order_id, if_match, PAY)
+    return order_view(await load_order(session, order_id))
 
 
-async def ship_order(order_id: int, if_match: IfMatch, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
-    async with sessions.begin() as session:
-        await change_status(session, order_id, if_match, SHIP)
-        return order_view(await load_order(session, order_id))
+async def ship_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
+    await change_status(session, order_id, if_match, SHIP)
+    return order_view(await load_order(session, order_id))
 
 
-async def cancel_order(order_id: int, if_match: IfMatch, sessions: async_sessionmaker[AsyncSession]) -> OrderView:
-    async with sessions.begin() as session:
-        await change_status(session, order_id, if_match, CANCEL)
-        order = await load_order(session, order_id)
-        returned = {item.product_id: item.quantity for item in order.items}
-        await lock_products(session, returned)
-        await move_stock(session, returned)
-        return order_view(order)
+async def cancel_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
+    await change_status(session, order_id, if_match, CANCEL)
+    order = await load_order(session, order_id)
+    returned = {item.product_id: item.quantity for item in order.items}
+    await lock_products(session, returned)
+    await move_stock(session, returned)
+    return order_view(order)
 
 
 def requested_quantities(items: Sequence[Line]) -> dict[int, int]:

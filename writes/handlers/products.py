@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.dto import CreateProduct, ProductView, Reprice, Restock
 from shared.errors import NotFound, SkuTaken
@@ -13,22 +13,19 @@ from writes.db import add_unique
 from writes.models import Product
 
 
-async def create_product(command: CreateProduct, sessions: async_sessionmaker[AsyncSession]) -> ProductView:
-    async with sessions.begin() as session:
-        product = Product(sku=command.sku, name=command.name, price_cents=command.price_cents, stock=command.stock)
-        await add_unique(session, product, SkuTaken(f"sku {command.sku} is already taken"))
-        return product_view(product)
+async def create_product(command: CreateProduct, session: AsyncSession) -> ProductView:
+    product = Product(sku=command.sku, name=command.name, price_cents=command.price_cents, stock=command.stock)
+    await add_unique(session, product, SkuTaken(f"sku {command.sku} is already taken"))
+    return product_view(product)
 
 
-async def restock_product(product_id: int, command: Restock, sessions: async_sessionmaker[AsyncSession]) -> ProductView:
-    async with sessions.begin() as session:
-        return await _change(session, product_id, stock=Product.stock + command.quantity)
+async def restock_product(product_id: int, command: Restock, session: AsyncSession) -> ProductView:
+    return await _change(session, product_id, stock=Product.stock + command.quantity)
 
 
-async def reprice_product(product_id: int, command: Reprice, sessions: async_sessionmaker[AsyncSession]) -> ProductView:
+async def reprice_product(product_id: int, command: Reprice, session: AsyncSession) -> ProductView:
     # Orders keep the unit price they captured; only new orders see the new one.
-    async with sessions.begin() as session:
-        return await _change(session, product_id, price_cents=command.price_cents)
+    return await _change(session, product_id, price_cents=command.price_cents)
 
 
 async def _change(session: AsyncSession, product_id: int, **values: Any) -> ProductView:

@@ -1,0 +1,68 @@
+"""What the two pools share: a gate that bounds how many requests may wait for a connection, and
+the numbers an operator reads off each pool.
+
+A pool without a bounded queue turns overload into latency: 200 writers on a pool of 5 each wait
+the whole timeout, and most of them then fail anyway. The gate admits at most ``capacity``
+holders (the pool's own ceiling, so the driver's pool never queues) and at most ``max_waiting``
+waiters. A request that finds the queue full is refused at once; one that waits past its timeout
+is refused then. Both are 503s with ``Retry-After``, named for the pool and the setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from shared.dbfailures import PoolNames, exhausted
+from shared.errors import PoolExhausted
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """One pool's numbers, as ``/metrics`` shows them."""
+
+    size: int  # connections open now
+    in_use: int  # held by requests
+    max: int  # the ceiling
+    waiting: int  # requests queued for a connection
+
+
+class Gate:
+    def __init__(self, names: PoolNames, *, capacity: int, max_waiting: int, max_waiting_setting: str) -> None:
+        self.names = names
+        self.capacity = capacity
+        self.max_waiting = max_waiting
+        self.max_waiting_setting = max_waiting_setting
+        self.in_use = 0
+        self.waiting = 0
+        self._free = asyncio.Semaphore(capacity)
+
+    @asynccontextmanager
+    async def slot(self, wait: float, *, shed: bool = True) -> AsyncIterator[None]:
+        """Hold one of the pool's places for the block, waiting ``wait`` seconds at most. ``shed=False``
+        is for a caller that must not be turned away at once (an export already streaming, a
+        readiness probe): it waits its turn even when the queue is full."""
+        await self._enter(wait, shed=shed)
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+            self._free.release()
+
+    async def _enter(self, wait: float, *, shed: bool) -> None:
+        if shed and self._free.locked() and self.waiting >= self.max_waiting:
+            raise PoolExhausted(
+                f"{self.names.pool}: {self.waiting} requests already wait for a connection"
+                f" ({self.max_waiting_setting}={self.max_waiting})"
+            )
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(wait):
+                await self._free.acquire()
+        except TimeoutError:
+            raise exhausted(self.names, wait) from None
+        finally:
+            self.waiting -= 1
+        self.in_use += 1

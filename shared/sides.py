@@ -1,0 +1,61 @@
+"""The two sides as the composition root sees them, and the resources a request reaches.
+
+Each side (``writes``, ``reads``) exports one ``Side``: its routes and how to open its pool. The app
+serves the sides it is given; the lifespan opens their pools into one typed ``Resources``, which a
+request reaches through ``resources(request)``: no untyped ``request.state`` lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+
+from shared.config import Settings
+from shared.dbfailures import PoolNames
+from shared.pools import PoolStats
+
+Role = Literal["writes", "reads"]
+
+
+class Pool(Protocol):
+    """The shape both pools share: opened from settings (``Side.open_pool``), closed, probed,
+    counted. Their bounded acquire is ``shared.pools.Gate``."""
+
+    names: PoolNames  # how messages name the pool and its settings
+    timeout: float  # the longest a request waits for a connection
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """One round trip on one of the pool's connections, waiting its turn (never shed)."""
+
+    async def schema_revision(self) -> str | None:
+        """The migration revision, read through this pool (None when never migrated)."""
+
+    def stats(self) -> PoolStats: ...
+
+
+@dataclass(frozen=True)
+class Side:
+    role: Role
+    routes: Sequence[BaseRoute]
+    open_pool: Callable[[Settings], Awaitable[Pool]]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the lifespan opened, for the requests of this process."""
+
+    settings: Settings
+    pools: Mapping[Role, Pool]
+    schema_head: str
+
+
+def resources(request: Request) -> Resources:
+    found = request.state.resources
+    assert isinstance(found, Resources), "the app's lifespan is not running"
+    return found
