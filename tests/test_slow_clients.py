@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
@@ -228,18 +227,6 @@ async def test_a_head_within_its_limits_is_served(address: tuple[str, int]) -> N
     async with connected(address) as (reader, writer):
         writer.write(request_head("GET", "/healthz", *many_headers(MAX_HEADERS - 1)))
         assert status(await one_response(reader)) == 200
-
-
-@pytest.fixture
-def server_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """caplog, also fed by uvicorn's error logger (which does not propagate to the root)."""
-    uvicorn_error = logging.getLogger("uvicorn.error")
-    uvicorn_error.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO)
-    try:
-        yield caplog
-    finally:
-        uvicorn_error.removeHandler(caplog.handler)
 
 
 async def test_a_client_leaving_mid_body_is_one_log_line_and_changes_nothing(

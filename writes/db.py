@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar, cast
 
 import sqlalchemy.exc
-from sqlalchemy import text
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool
@@ -23,6 +25,7 @@ from starlette.requests import Request
 from shared.config import Settings
 from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
 from shared.errors import ApiError
+from shared.logs import SlowStatements
 from shared.pools import Gate, PoolStats
 from shared.schema import CURRENT_REVISION_SQL
 from shared.sides import resources
@@ -86,6 +89,9 @@ class WritePool:
         """The pool, with ``WRITE_POOL_SIZE`` connections opened so the first requests do not pay for
         connecting (and an unreachable database stops start-up)."""
         pool = cls(create_write_engine(settings), settings)
+        if settings.slow_statement_ms:
+            # Off, nothing is installed, so nothing is timed.
+            _log_slow_statements(pool.engine, settings.slow_statement_ms)
         try:
             async with AsyncExitStack() as stack:
                 for _ in range(settings.write_pool_size):
@@ -137,6 +143,31 @@ class WritePool:
             max=self.gate.capacity,
             waiting=self.gate.waiting,
         )
+
+
+def _log_slow_statements(engine: AsyncEngine, threshold_ms: int) -> None:
+    """Times every statement on the engine's connections, including those that fail (a statement
+    that hit WRITE_STATEMENT_TIMEOUT_MS is the slowest of all)."""
+    slow = SlowStatements(WRITE.pool, threshold_ms)
+
+    def started(connection: Connection, *_: object) -> None:
+        # One statement at a time runs on a connection, so one start time per connection is enough.
+        connection.info[STATEMENT_STARTED] = time.perf_counter()
+
+    def finished(connection: Connection, _cursor: object, statement: str, *_: object) -> None:
+        slow.observe(statement, time.perf_counter() - connection.info.pop(STATEMENT_STARTED))
+
+    def failed(context: ExceptionContext) -> None:
+        begun = None if context.connection is None else context.connection.info.pop(STATEMENT_STARTED, None)
+        if begun is not None and context.statement is not None:
+            slow.observe(context.statement, time.perf_counter() - begun)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", started)
+    event.listen(engine.sync_engine, "after_cursor_execute", finished)
+    event.listen(engine.sync_engine, "handle_error", failed)
+
+
+STATEMENT_STARTED = "orders_api.statement_started"
 
 
 async def _select_one(session: AsyncSession) -> None:

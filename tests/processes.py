@@ -1,0 +1,80 @@
+"""`orders-api serve` in child processes, as an operator runs it: on 127.0.0.1, a free port, the
+test database, stopped with SIGTERM (then SIGKILL to its process group if it hangs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import WRITE_TOKEN
+
+# The service's own variables: a child gets only those a test gives it.
+OWN_VARIABLES = ("DATABASE_URL", "WRITE_", "READ_", "ORDERS_API_", "SHUTDOWN_", "PROMETHEUS_", "ACCESS_LOG", "SLOW_")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def serve_env(database_url: str, **settings: str) -> dict[str, str]:
+    """This environment without the service's own variables, then the database and ``settings``."""
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith(OWN_VARIABLES)}
+    return {**inherited, "DATABASE_URL": database_url, "WRITE_API_TOKENS": WRITE_TOKEN, **settings}
+
+
+def stop(process: subprocess.Popen[bytes], within: float = 30.0) -> None:
+    """SIGTERM, as an operator would; SIGKILL to its process group (it and its workers) if it hangs."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@contextmanager
+def serving_process(*args: str, env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``orders-api serve *args`` in a child process on 127.0.0.1; yields it and its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "shared", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    with log.open("ab") as output:
+        # Its own process group, so a hung supervisor can be killed together with its workers.
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+def wait_until(
+    condition: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, within: float = 30.0
+) -> None:
+    """Poll ``condition`` (a refused connection counts as not yet) while ``process`` lives."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if condition():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"not so within {within} s:\n{log.read_text()}")
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, within: float = 30.0) -> None:
+    wait_until(lambda: httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200, process, log, within)

@@ -1,0 +1,94 @@
+"""Overload is answered at once, never with a hang: each pool has a bounded queue of waiting
+requests. Past it a request is refused immediately; one that waits past the pool's timeout is
+refused then; a held request completes when what held it goes; the other pool is unaffected."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Coroutine
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+
+from shared.app import create_app
+from shared.config import Settings
+from shared.pools import Gate
+from tests.support import AUTH, eventually, serving
+from tests.writes.support import assert_problem, new_customer, new_product
+
+POOL, QUEUE, TIMEOUT = 2, 3, 1.0
+
+
+async def timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = await request
+    return response, time.monotonic() - started
+
+
+async def test_a_full_write_queue_is_refused_at_once_and_held_commands_complete_when_the_lock_goes(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    app = create_app(
+        msgspec.structs.replace(
+            settings, write_pool_size=POOL, write_pool_max_waiting=QUEUE, write_pool_timeout=TIMEOUT
+        )
+    )
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+        customer, product = await new_customer(http), await new_product(http, stock=100)
+        gate: Gate = app.state.resources.pools["writes"].gate
+        order = {"customer_id": customer, "items": [{"product_id": product, "quantity": 1}]}
+
+        def place() -> Coroutine[Any, Any, httpx.Response]:
+            return http.post("/v1/orders", json=order, headers=AUTH)
+
+        quiet_reads = [(await timed(http.get(f"/v1/products/{product}")))[1] for _ in range(20)]
+        async with db.transaction():
+            # An outside row lock: every order for this product now holds its connection and waits.
+            await db.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product)
+            held = [asyncio.create_task(place()) for _ in range(POOL)]
+            await eventually(lambda: gate.in_use == POOL)
+
+            # Room in the queue: the next command waits its turn, and gets a 503 at the timeout.
+            waited, waited_for = await timed(place())
+            queued = [asyncio.create_task(place()) for _ in range(QUEUE)]
+            await eventually(lambda: gate.waiting == QUEUE)
+
+            # The queue is full: refused at once, naming the setting.
+            refused, refused_in = await timed(place())
+            busy_reads = [(await timed(http.get(f"/v1/products/{product}")))[1] for _ in range(20)]
+        # The lock is gone: the held commands complete.
+        completed = await asyncio.gather(*held)
+        late = await asyncio.gather(*queued)
+
+    assert_problem(waited, 503, "write pool", "WRITE_POOL_TIMEOUT")
+    assert TIMEOUT <= waited_for < TIMEOUT + 0.2
+    assert_problem(refused, 503, "write pool", "WRITE_POOL_MAX_WAITING")
+    assert refused.headers["retry-after"]
+    assert refused_in < 0.1
+    assert [response.status_code for response in completed] == [201] * POOL
+    assert {response.status_code for response in late} <= {201, 503}
+    # The read pool is another pool: its latency does not follow the write pool's queue.
+    assert sorted(busy_reads)[10] < sorted(quiet_reads)[10] * 3 + 0.02
+    assert await db.fetchval("SELECT stock FROM products WHERE id = $1", product) == 100 - sum(
+        response.status_code == 201 for response in [*completed, *late]
+    )
+
+
+async def test_a_full_read_queue_is_refused_at_once(settings: Settings) -> None:
+    app = create_app(msgspec.structs.replace(settings, read_pool_max_size=1, read_pool_max_waiting=2))
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+        reads = app.state.resources.pools["reads"]
+        async with reads.connection():
+            waiting = [asyncio.create_task(http.get("/v1/orders")) for _ in range(2)]
+            await eventually(lambda: reads.gate.waiting == 2)
+            refused, refused_in = await timed(http.get("/v1/orders"))
+            command = await http.post("/v1/customers", json={"email": "w@x.co", "name": "W"}, headers=AUTH)
+        served = await asyncio.gather(*waiting)
+
+    assert_problem(refused, 503, "read pool", "READ_POOL_MAX_WAITING")
+    assert refused_in < 0.1
+    assert command.status_code == 201  # the write pool is not the read pool
+    assert [response.status_code for response in served] == [200, 200]
