@@ -21,6 +21,7 @@ from shared.errors import ConnectionLost
 from shared.http import decoder_for
 from shared.logs import SlowStatements
 from shared.pools import Gate, PoolStats
+from shared.roles import read_session
 from shared.schema import CURRENT_REVISION_SQL
 from shared.sides import resources
 
@@ -30,8 +31,12 @@ log = logging.getLogger("orders_api.database")
 
 
 async def create_read_pool(settings: Settings) -> Any:
-    """Open the asyncpg pool; ``min_size`` connections are opened (warmed) before it returns."""
-    return await asyncpg.create_pool(
+    """Open the asyncpg pool; ``min_size`` connections are opened (warmed) before it returns.
+
+    Behind PgBouncer the session settings are the read role's defaults (``shared.roles``), so the
+    pool first checks, on one connection, that they hold: a misconfigured role stops start-up."""
+    session = read_session(settings)
+    pool = await asyncpg.create_pool(
         settings.read_dsn,
         min_size=settings.read_pool_min_size,
         max_size=settings.read_pool_max_size,
@@ -41,21 +46,16 @@ async def create_read_pool(settings: Settings) -> Any:
         timeout=settings.read_pool_acquire_timeout,
         # Run once on each new connection. With the log off nothing is installed, so nothing is timed.
         init=_log_slow_statements(settings.slow_statement_ms) if settings.slow_statement_ms else None,
-        server_settings={
-            "statement_timeout": str(settings.read_statement_timeout_ms),
-            "application_name": "orders-api:read",
-            # Nothing on the read side writes; a bug that tries is an error, not a silent change.
-            "default_transaction_read_only": "on",
-            # Views are built as JSON in SQL; UTC offsets there decode to the same datetimes the
-            # write side returns, so both sides encode a timestamp identically (…Z).
-            "TimeZone": "UTC",
-            # The list queries take optional filters as "$1 IS NULL OR col = $1". PostgreSQL may
-            # switch a prepared statement to a generic plan, which cannot fold those away and
-            # would walk all orders newest-first for any filter; planning each execution with its
-            # values (tens of microseconds) picks the filter's index every time.
-            "plan_cache_mode": "force_custom_plan",
-        },
+        server_settings=session.startup_parameters(settings.pgbouncer),
     )
+    if settings.pgbouncer:
+        try:
+            async with pool.acquire(timeout=settings.read_pool_acquire_timeout) as connection:
+                session.check(await connection.fetch(session.check_sql))
+        except BaseException:
+            await pool.close()
+            raise
+    return pool
 
 
 def _log_slow_statements(threshold_ms: int) -> Callable[[Any], Awaitable[None]]:

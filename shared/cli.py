@@ -1,4 +1,4 @@
-"""orders-api serve | migrate | seed | pools."""
+"""orders-api serve | migrate | roles | seed | pools | config."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,11 @@ from shared.app import SIDES_FOR_ROLE, ServeRole, create_app
 from shared.config import ConfigError, Settings, asyncpg_dsn
 from shared.logs import configure_logging
 from shared.metrics import multiprocess_directory
+from shared.reference.configuration import configuration_markdown, effective_report
+from shared.roles import READ_ROLE, WRITE_ROLE, SessionSettingsWrong, role_statements
 from shared.schema import current_revision, head_revision, upgrade_to_head
 from shared.server import HeadBounds
+from shared.sides import Side
 
 DATA_DIR = click.option(
     "--data-dir",
@@ -85,6 +89,7 @@ def serve(host: str, port: int, workers: int, role: ServeRole, data_dir: Path | 
     settings, _server = with_schema_at_head(data_dir)
     settings = msgspec.structs.replace(settings, orders_api_role=role)
     require_connection_budget(settings, workers)
+    require_session_settings(settings, SIDES_FOR_ROLE[role])
     # A reads process runs no command, so it needs no write token.
     if role != "reads" and not settings.write_api_tokens:
         token = secrets.token_urlsafe(24)
@@ -161,6 +166,50 @@ def migrate(data_dir: Path | None) -> None:
     click.echo(f"schema is at head ({head_revision()})")
 
 
+def require_session_settings(settings: Settings, sides: Sequence[Side]) -> None:
+    """Behind PgBouncer, open each pool once before serving: opening checks that its sessions hold the
+    side's settings (``shared.roles``), so a role left unconfigured stops here with one message,
+    not in every worker's lifespan. Directly, startup parameters carry them: nothing to check."""
+    if not settings.pgbouncer:
+        return
+
+    async def open_each() -> None:
+        for side in sides:
+            await (await side.open_pool(settings)).close()
+
+    try:
+        asyncio.run(open_each())
+    except SessionSettingsWrong as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@DATA_DIR
+def roles(data_dir: Path | None) -> None:
+    """Create or update the roles the sides connect as behind PgBouncer (run as the database owner)."""
+    settings, _server = with_database(load_settings(), data_dir)
+    try:
+        asyncio.run(apply_roles(settings))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise click.ClickException(f"cannot set up the roles: {exc}") from None
+    click.echo(
+        f"roles {READ_ROLE} (READ_DATABASE_URL) and {WRITE_ROLE} (WRITE_DATABASE_URL) hold this environment's"
+        " settings and grants; their passwords are yours to set (ALTER ROLE ... PASSWORD)"
+    )
+
+
+async def apply_roles(settings: Settings) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(settings.write_url), timeout=10, statement_cache_size=0)
+    try:
+        database = await connection.fetchval("SELECT quote_ident(current_database())")
+        # One transaction: the roles end up fully configured, or as they were.
+        async with connection.transaction():
+            for statement in role_statements(settings, database):
+                await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
 @main.command()
 @click.option("--customers", default=10_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--products", default=1_000, show_default=True, type=click.IntRange(min=1))
@@ -198,7 +247,9 @@ def fetch_server_limits(url: str) -> tuple[int, int, int]:
 
 
 async def server_limits(dsn: str) -> tuple[int, int, int]:
-    connection = await asyncpg.connect(dsn, timeout=10)
+    # No statement cache: one statement, and behind PgBouncer a named one would outlive this
+    # connection (shared.schema.current_revision says more).
+    connection = await asyncpg.connect(dsn, timeout=10, statement_cache_size=0)
     try:
         row = await connection.fetchrow(
             "SELECT current_setting('max_connections')::int AS max_connections,"
@@ -295,3 +346,14 @@ def pool_report(settings: Settings, workers: int, max_connections: int, reserved
             f"  {budget.needed} of {budget.available}: {verdict}",
         ]
     )
+
+
+@main.command()
+@click.option(
+    "--markdown",
+    is_flag=True,
+    help="Print the reference table of docs/configuration.md instead (defaults only; the environment is not read).",
+)
+def config(markdown: bool) -> None:
+    """Show every configuration variable: its effective value (secrets masked), type, default, bounds and meaning."""
+    click.echo(configuration_markdown() if markdown else effective_report(load_settings()), nl=not markdown)

@@ -27,6 +27,11 @@ TimeoutMs = Annotated[int, Meta(ge=0, le=2_147_483_647)]
 TtlSeconds = Annotated[int, Meta(ge=1, le=10 * 365 * 86_400)]
 
 
+# Meta(extra=SECRET) marks a variable whose value must never be printed whole: `orders-api config`
+# masks it (a URL's password, every token).
+SECRET = {"secret": True}
+
+
 class ConfigError(Exception):
     """A variable has a value the service cannot run with; the message names it."""
 
@@ -34,71 +39,204 @@ class ConfigError(Exception):
 class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid_unknown_fields=False):
     # Field names are the environment variables (``rename="upper"``), so a validation error's
     # path names the variable the operator has to fix.
-    database_url: str | None = None
-    write_database_url: str | None = None
-    read_database_url: str | None = None
+    database_url: Annotated[
+        str | None,
+        Meta(
+            description="PostgreSQL URL for both sides (postgresql://user:pass@host:port/db). Unset, and no "
+            "per-side URLs: `serve` starts an embedded PostgreSQL in its data directory and migrates it.",
+            extra=SECRET,
+        ),
+    ] = None
+    write_database_url: Annotated[
+        str | None,
+        Meta(
+            description="The write side's database, instead of DATABASE_URL; set it with READ_DATABASE_URL.",
+            extra=SECRET,
+        ),
+    ] = None
+    read_database_url: Annotated[
+        str | None,
+        Meta(
+            description="The read side's database, instead of DATABASE_URL; set it with WRITE_DATABASE_URL.",
+            extra=SECRET,
+        ),
+    ] = None
 
-    write_pool_size: PositiveInt = 5
-    write_pool_max_overflow: NonNegativeInt = 0
-    write_pool_timeout: Seconds = 2.0
-    write_pool_recycle: PositiveInt = 1800
-    write_pool_pre_ping: bool = True
-    write_statement_timeout_ms: TimeoutMs = 5000
-    # Requests allowed to queue for a write connection; past it a command is refused at once (503).
-    # Writes are CPU-bound in the ORM at ~100-200 a second per worker, so 10 waiting is at most
-    # about 100 ms of queue: a client hears "busy" at once instead of after WRITE_POOL_TIMEOUT.
-    write_pool_max_waiting: NonNegativeInt = 10
+    write_pool_size: Annotated[
+        PositiveInt,
+        Meta(description="Connections the write pool keeps per worker (SQLAlchemy pool_size); small on purpose."),
+    ] = 5
+    write_pool_max_overflow: Annotated[
+        NonNegativeInt,
+        Meta(description="Extra write connections opened under a burst, closed when returned (max_overflow)."),
+    ] = 0
+    write_pool_timeout: Annotated[
+        Seconds, Meta(description="Seconds a command waits for a write connection; then it gets a 503.")
+    ] = 2.0
+    write_pool_recycle: Annotated[
+        PositiveInt, Meta(description="Seconds a write connection is used before it is replaced.")
+    ] = 1800
+    write_pool_pre_ping: Annotated[
+        bool,
+        Meta(description="Test a write connection at checkout, so one the server dropped is replaced, not used."),
+    ] = True
+    write_statement_timeout_ms: Annotated[
+        TimeoutMs,
+        Meta(description="statement_timeout of write connections, in ms (0: none); a statement past it is a 503."),
+    ] = 5000
+    write_pool_max_waiting: Annotated[
+        NonNegativeInt,
+        Meta(
+            description="Commands allowed to wait for a write connection; past it a command gets a 503 at once. "
+            "Writes are CPU-bound in the ORM at ~100-200 a second per worker, so 10 waiting is at most about "
+            '100 ms of queue: a client hears "busy" at once instead of after WRITE_POOL_TIMEOUT.'
+        ),
+    ] = 10
 
-    read_pool_min_size: NonNegativeInt = 2
-    read_pool_max_size: PositiveInt = 10
-    read_pool_acquire_timeout: Seconds = 1.0
-    read_pool_max_inactive_lifetime: Annotated[float, Meta(ge=0)] = 300.0
-    read_statement_cache_size: NonNegativeInt = 256
-    read_statement_timeout_ms: TimeoutMs = 2000
-    # Requests allowed to queue for a read connection; past it a query is refused at once (503).
-    # A read takes about a millisecond of connection time, so 50 waiting is tens of milliseconds.
-    read_pool_max_waiting: NonNegativeInt = 50
-    # An export's first batch waits READ_POOL_ACQUIRE_TIMEOUT like any query (before the 200, a
-    # busy pool is still a clean 503). Its later batches wait this long: once the headers are out,
-    # giving up would cut the body, so a started export queues for its turn instead.
-    read_export_wait: Seconds = 30.0
+    read_pool_min_size: Annotated[
+        NonNegativeInt, Meta(description="Read connections opened at start-up and kept (asyncpg min_size).")
+    ] = 2
+    read_pool_max_size: Annotated[
+        PositiveInt, Meta(description="Most read connections per worker (asyncpg max_size).")
+    ] = 10
+    read_pool_acquire_timeout: Annotated[
+        Seconds, Meta(description="Seconds a query waits for a read connection; then it gets a 503.")
+    ] = 1.0
+    read_pool_max_inactive_lifetime: Annotated[
+        float, Meta(ge=0, description="Seconds an idle read connection is kept before it is closed (0: for ever).")
+    ] = 300.0
+    read_statement_cache_size: Annotated[
+        NonNegativeInt,
+        Meta(description="Prepared statements asyncpg keeps per read connection (0: none; PGBOUNCER=true: none)."),
+    ] = 256
+    read_statement_timeout_ms: Annotated[
+        TimeoutMs,
+        Meta(description="statement_timeout of read connections, in ms (0: none); a statement past it is a 503."),
+    ] = 2000
+    read_pool_max_waiting: Annotated[
+        NonNegativeInt,
+        Meta(
+            description="Queries allowed to wait for a read connection; past it a query gets a 503 at once. "
+            "A read holds a connection for about a millisecond, so 50 waiting is tens of milliseconds."
+        ),
+    ] = 50
+    read_export_wait: Annotated[
+        Seconds,
+        Meta(
+            description="Seconds a started export's later batches wait for a read connection. Its first batch "
+            "waits READ_POOL_ACQUIRE_TIMEOUT like any query (before the 200, a busy pool is still a clean 503); "
+            "once the headers are out, giving up would cut the body, so a started export queues for its turn."
+        ),
+    ] = 30.0
 
-    pgbouncer: bool = False
-    write_api_tokens: tuple[str, ...] = ()
-    read_api_tokens: tuple[str, ...] = ()
-    idempotency_ttl: TtlSeconds = 86_400
-    max_body_bytes: PositiveInt = 1 * MiB
-    max_import_bytes: PositiveInt = 64 * MiB
+    pgbouncer: Annotated[
+        bool,
+        Meta(
+            description="The database URLs lead to PgBouncer in transaction mode: neither side reuses "
+            "server-side prepared statements."
+        ),
+    ] = False
+    write_api_tokens: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="Bearer tokens that commands accept. Unset: `serve` generates one and prints it.",
+            extra=SECRET,
+        ),
+    ] = ()
+    read_api_tokens: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="Bearer tokens that queries require (a write token does not open them). Unset: "
+            "queries are open.",
+            extra=SECRET,
+        ),
+    ] = ()
+    idempotency_ttl: Annotated[
+        TtlSeconds, Meta(description="Seconds an Idempotency-Key and its stored response are kept.")
+    ] = 86_400
+    max_body_bytes: Annotated[
+        PositiveInt, Meta(description="Largest command body, in bytes (1 MiB); a larger one is a 413.")
+    ] = 1 * MiB
+    max_import_bytes: Annotated[
+        PositiveInt,
+        Meta(description="Largest POST /v1/orders/import body, in bytes (64 MiB); a larger one is a 413."),
+    ] = 64 * MiB
     # Slow or oversized requests (uvicorn bounds neither): a client that stalls its head or body
     # would hold a connection, and its buffers, for as long as it likes.
-    # Seconds from connecting (or from the first byte of a later request) to the end of its head:
-    # Go's usual ReadHeaderTimeout; a real client sends its head in one round trip.
-    header_timeout: Annotated[float, Meta(gt=0, le=300)] = 10.0
-    # Seconds to receive a whole body, from when the service starts reading it. 30 s is 2 MB/s for
-    # the largest import; raise it for big imports over slow links.
-    body_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
-    # Request line plus header fields. 16 KiB is h11's and Node's default: room for long tokens
-    # and proxy headers, while a stalled or hostile head costs about that much memory (plus one read).
-    max_header_bytes: Annotated[int, Meta(ge=1024, le=1 * MiB)] = 16 * 1024
-    # Header fields per request: 100 as in Apache's LimitRequestFields and Python's http.client.
-    max_headers: Annotated[int, Meta(ge=8, le=10_000)] = 100
-    # Seconds in-flight requests get to finish after SIGTERM before they are cut and the pools
-    # closed. 10 s outlasts an ordinary request's worst case (a pool wait plus WRITE_STATEMENT_TIMEOUT_MS)
-    # and sits well inside orchestrators' kill deadlines (Kubernetes' 30 s grace period), so the
-    # pools close cleanly before a SIGKILL. A long export is cut at this bound.
-    shutdown_timeout: Annotated[float, Meta(gt=0, le=600)] = 10.0
-    # The sides this process serves. Chosen with `serve --role`, which hands it to its --workers
-    # processes through this variable (they build their app from the environment).
-    orders_api_role: Literal["all", "reads", "writes"] = "all"
-    # Measured as server CPU per request (README, Operations, Logs): uvicorn's text line costs 40-65 µs
-    # (a quarter of a read's CPU here), the JSON line about 10 µs. JSON is the default: every request
-    # is accounted for, with its route and X-Request-Id, for a fraction of the price. "off" costs nothing.
-    access_log: Literal["off", "text", "json"] = "json"
-    # Statements slower than this many milliseconds are logged with their pool and text (never their
-    # parameters). Off (0) by default: timing every statement cost a read 10-40 µs of CPU here, and
-    # nothing is installed while it is off. PostgreSQL's log_min_duration_statement does the same
-    # server-side; this names the pool and the request.
-    slow_statement_ms: TimeoutMs = 0
+    header_timeout: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=300,
+            description="Seconds from connecting (or from the first byte of a later request) to the end of "
+            "its head, else the connection is closed. 10 s is Go's usual ReadHeaderTimeout; a real client sends "
+            "its head in one round trip.",
+        ),
+    ] = 10.0
+    body_timeout: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=3600,
+            description="Seconds to receive a whole body, from when the service starts reading it, else a "
+            "408. 30 s is 2 MB/s for the largest import; raise it for big imports over slow links.",
+        ),
+    ] = 30.0
+    max_header_bytes: Annotated[
+        int,
+        Meta(
+            ge=1024,
+            le=1 * MiB,
+            description="Largest request line plus header fields, in bytes, else a 431. 16 KiB is h11's and "
+            "Node's default: room for long tokens and proxy headers, while a stalled or hostile head costs about "
+            "that much memory (plus one read).",
+        ),
+    ] = 16 * 1024
+    max_headers: Annotated[
+        int,
+        Meta(
+            ge=8,
+            le=10_000,
+            description="Most header fields in a request, else a 431; 100 as in Apache's LimitRequestFields "
+            "and Python's http.client.",
+        ),
+    ] = 100
+    shutdown_timeout: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=600,
+            description="Seconds in-flight requests get to finish after SIGTERM before they are cut and the "
+            "pools closed. 10 s outlasts an ordinary request's worst case (a pool wait plus "
+            "WRITE_STATEMENT_TIMEOUT_MS) and sits well inside orchestrators' kill deadlines (Kubernetes' 30 s), "
+            "so the pools close cleanly before a SIGKILL. A long export is cut at this bound.",
+        ),
+    ] = 10.0
+    # An environment variable because `serve --role` hands the role to its --workers processes
+    # through it (they build their app from the environment).
+    orders_api_role: Annotated[
+        Literal["all", "reads", "writes"],
+        Meta(
+            description="The sides this process serves. `serve` sets it from --role, which wins over the "
+            "environment, and hands it to its --workers processes."
+        ),
+    ] = "all"
+    access_log: Annotated[
+        Literal["off", "text", "json"],
+        Meta(
+            description="One line per request on stdout: json (one object a line, with route and X-Request-Id), "
+            "text (uvicorn's line) or off. JSON costs about 10 µs of server CPU a request, uvicorn's text line "
+            "40-65 µs (a quarter of a read's CPU here), off nothing.",
+        ),
+    ] = "json"
+    slow_statement_ms: Annotated[
+        TimeoutMs,
+        Meta(
+            description="Log statements slower than this many ms, with their pool and text, never their "
+            "parameters (0: off). Off by default: timing every statement cost a read 10-40 µs of CPU here. "
+            "PostgreSQL's log_min_duration_statement does the same server-side; this names the pool and request.",
+        ),
+    ] = 0
 
     def __post_init__(self) -> None:
         for name in ("database_url", "write_database_url", "read_database_url"):

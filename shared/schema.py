@@ -43,7 +43,10 @@ def downgrade_to_base(url: str) -> None:
 
 async def current_revision(dsn: str) -> str | None:
     """The revision the database at ``dsn`` is at; None when it was never migrated."""
-    connection = await asyncpg.connect(dsn, timeout=10)
+    # No statement cache: each statement runs once here, and behind PgBouncer a cached (named)
+    # statement would outlive this connection on the server connection, where the next process's
+    # first statement, named the same, would collide with it ("already exists"; seen in tests).
+    connection = await asyncpg.connect(dsn, timeout=10, statement_cache_size=0)
     try:
         exists = await connection.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
         return await connection.fetchval(CURRENT_REVISION_SQL) if exists else None

@@ -27,6 +27,7 @@ from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
 from shared.errors import ApiError
 from shared.logs import SlowStatements
 from shared.pools import Gate, PoolStats
+from shared.roles import write_session
 from shared.schema import CURRENT_REVISION_SQL
 from shared.sides import resources
 
@@ -37,10 +38,8 @@ def connect_args(settings: Settings) -> dict[str, Any]:
     args: dict[str, Any] = {
         # asyncpg's connect timeout defaults to 60 s; a dead server must not hang a request that long.
         "timeout": settings.write_pool_timeout,
-        "server_settings": {
-            "statement_timeout": str(settings.write_statement_timeout_ms),
-            "application_name": "orders-api:write",
-        },
+        # Behind PgBouncer, statement_timeout is the write role's default instead (shared.roles).
+        "server_settings": write_session(settings).startup_parameters(settings.pgbouncer),
     }
     if settings.pgbouncer:
         # In transaction pooling a prepared statement may land on another server connection:
@@ -87,7 +86,8 @@ class WritePool:
     @classmethod
     async def open(cls, settings: Settings) -> WritePool:
         """The pool, with ``WRITE_POOL_SIZE`` connections opened so the first requests do not pay for
-        connecting (and an unreachable database stops start-up)."""
+        connecting (and an unreachable database stops start-up). Behind PgBouncer one of them also
+        checks that the write role's defaults hold (``shared.roles``): if not, start-up stops."""
         pool = cls(create_write_engine(settings), settings)
         if settings.slow_statement_ms:
             # Off, nothing is installed, so nothing is timed.
@@ -97,6 +97,9 @@ class WritePool:
                 for _ in range(settings.write_pool_size):
                     connection = await stack.enter_async_context(pool.engine.connect())
                     await connection.exec_driver_sql("SELECT 1")
+                if settings.pgbouncer:
+                    session = write_session(settings)
+                    session.check((await connection.exec_driver_sql(session.check_sql)).all())
         except BaseException:
             await pool.close()
             raise

@@ -142,3 +142,39 @@ def test_serve_on_the_embedded_database_is_ready_and_keeps_its_data_across_resta
     for process in _serve(data_dir, port, serve_env, log):
         _wait_ready(port, process, log)
         assert asyncio.run(_execute(data_dir, "SELECT count(*) FROM customers WHERE email = 'kept@example.com'")) == 1
+
+
+def test_config_shows_every_variable_with_its_effective_value_and_default() -> None:
+    code, output = invoke("config", env={"WRITE_POOL_SIZE": "7", "ACCESS_LOG": "off"})
+    assert code == 0, output
+    assert "WRITE_POOL_SIZE=7\n    integer, >= 1, default 5\n" in output
+    assert "ACCESS_LOG=off\n" in output
+    assert all(f"\n{name.upper()}=" in output for name in Settings.__struct_fields__)
+
+
+def test_config_never_prints_a_password_or_a_token() -> None:
+    env = {
+        "DATABASE_URL": "postgresql://app:hunter2@db.internal:5432/orders?sslmode=require&password=hunter3",
+        "WRITE_API_TOKENS": "write-secret-1, write-secret-2",
+        "READ_API_TOKENS": "read-secret",
+    }
+    code, output = invoke("config", env=env)
+    assert code == 0, output
+    for secret in ("hunter2", "hunter3", "write-secret", "read-secret"):
+        assert secret not in output
+    # What an operator needs to recognise the setting is still there.
+    assert "DATABASE_URL=postgresql://app:***@db.internal:5432/orders?sslmode=require&password=***\n" in output
+    assert "WRITE_API_TOKENS=***,***\n" in output
+
+
+def test_config_refuses_a_bad_setting_naming_the_variable() -> None:
+    code, output = invoke("config", env={"READ_POOL_MAX_SIZE": "0"})
+    assert code != 0
+    assert "READ_POOL_MAX_SIZE" in output
+
+
+def test_config_markdown_is_the_committed_reference_whatever_the_environment() -> None:
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    code, output = invoke("config", "--markdown", env={"WRITE_POOL_SIZE": "abc", "WRITE_API_TOKENS": "secret"})
+    assert code == 0, output
+    assert output == committed

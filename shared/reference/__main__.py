@@ -1,0 +1,20 @@
+"""``python -m shared.reference``: rewrite docs/configuration.md and the generated sections of docs/http.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.reference import http
+from shared.reference.configuration import configuration_markdown
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def main() -> None:
+    (DOCS / "configuration.md").write_text(configuration_markdown())
+    page = DOCS / "http.md"
+    page.write_text(http.fill(page.read_text(), http.sections()))
+
+
+if __name__ == "__main__":
+    main()

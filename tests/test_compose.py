@@ -1,0 +1,191 @@
+"""compose.yaml, validated the only way this machine can: `docker-compose config` (Debian's docker-compose
+1.29; there is no Docker engine here) renders it with the operator's variables, and the rendered stack is
+the one docs/operating.md describes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; schemathesis brings it
+
+from shared.roles import READ_ROLE, WRITE_ROLE
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "compose.yaml"
+DOCKER_COMPOSE = shutil.which("docker-compose")
+
+# What the operator must set; the file holds no default for any of them.
+SECRETS = {
+    "POSTGRES_PASSWORD": "owner-5ecret",
+    "ORDERS_API_WRITE_PASSWORD": "write-5ecret",
+    "ORDERS_API_READ_PASSWORD": "read-5ecret",
+    "WRITE_API_TOKENS": "token-5ecret",
+}
+SERVICES = {"postgres", "migrate", "pgbouncer", "writes", "reads", "proxy"}
+
+pytestmark = pytest.mark.skipif(
+    DOCKER_COMPOSE is None,
+    reason="docker-compose is not installed (.ci/run installs Debian's); compose.yaml cannot be validated",
+)
+
+
+def docker_compose_config(variables: Mapping[str, str], env_file: Path) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with only ``variables`` in its environment: neither the caller's shell nor
+    a stray .env file can fill in a value the operator would have to set."""
+    assert DOCKER_COMPOSE is not None
+    return subprocess.run(
+        [DOCKER_COMPOSE, "--file", str(COMPOSE), "--env-file", str(env_file), "config"],
+        cwd=ROOT,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def empty_env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("compose") / "empty.env"
+    path.write_text("")
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(empty_env_file: Path) -> dict[str, Any]:
+    result = docker_compose_config(SECRETS, empty_env_file)
+    assert result.returncode == 0, result.stderr
+    rendered: dict[str, Any] = yaml.safe_load(result.stdout)
+    return rendered
+
+
+def services(stack: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = stack["services"]
+    return found
+
+
+def mounted(service: Mapping[str, Any], target: str) -> Path:
+    """The file or folder of the repository that ``service`` sees at ``target``."""
+    sources = {volume.split(":")[1]: Path(volume.split(":")[0]) for volume in service["volumes"]}
+    return sources[target]
+
+
+def test_the_stack_has_every_service(stack: dict[str, Any]) -> None:
+    assert set(services(stack)) == SERVICES
+
+
+def test_each_role_runs_its_own_command(stack: dict[str, Any]) -> None:
+    found = services(stack)
+    for role in ("writes", "reads"):
+        command = found[role]["command"]
+        assert command[:4] == ["orders-api", "serve", "--role", role]
+        # Every interface of the container: nginx reaches it over the compose network.
+        assert command[command.index("--host") + 1] == "0.0.0.0"  # noqa: S104
+    # Migrate first, then the roles' grants and session defaults: both need the owner.
+    assert found["migrate"]["command"] == ["sh", "-c", "orders-api migrate && orders-api roles"]
+
+
+def test_the_services_reach_postgres_through_pgbouncer_in_transaction_mode(stack: dict[str, Any]) -> None:
+    found = services(stack)
+    assert found["pgbouncer"]["environment"]["POOL_MODE"] == "transaction"
+    # Nothing beyond the usual: no startup parameter is waved through.
+    assert "IGNORE_STARTUP_PARAMETERS" not in found["pgbouncer"]["environment"]
+    for role, database_role in (("writes", WRITE_ROLE), ("reads", READ_ROLE)):
+        environment = found[role]["environment"]
+        url = urlsplit(environment["DATABASE_URL"])
+        assert (url.hostname, url.username) == ("pgbouncer", database_role)
+        assert environment["PGBOUNCER"] == "true"
+    # Schema changes go straight to PostgreSQL, as the owner.
+    assert urlsplit(found["migrate"]["environment"]["DATABASE_URL"]).hostname == "postgres"
+
+
+def test_secrets_come_from_the_environment(stack: dict[str, Any]) -> None:
+    found = services(stack)
+    assert urlsplit(found["writes"]["environment"]["DATABASE_URL"]).password == SECRETS["ORDERS_API_WRITE_PASSWORD"]
+    assert urlsplit(found["reads"]["environment"]["DATABASE_URL"]).password == SECRETS["ORDERS_API_READ_PASSWORD"]
+    assert urlsplit(found["migrate"]["environment"]["DATABASE_URL"]).password == SECRETS["POSTGRES_PASSWORD"]
+    assert found["writes"]["environment"]["WRITE_API_TOKENS"] == SECRETS["WRITE_API_TOKENS"]
+    # A reads process holds neither the write password nor the write tokens.
+    reads = str(found["reads"])
+    assert SECRETS["ORDERS_API_WRITE_PASSWORD"] not in reads
+    assert SECRETS["WRITE_API_TOKENS"] not in reads
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_an_unset_secret_stops_the_stack_naming_it(missing: str, empty_env_file: Path) -> None:
+    variables = {name: value for name, value in SECRETS.items() if name != missing}
+    result = docker_compose_config(variables, empty_env_file)
+    assert result.returncode != 0
+    # The message ends with the file's own words for the variable.
+    assert result.stderr.strip().rsplit(": ", 1)[-1].startswith(f"set {missing}"), result.stderr
+
+
+def test_reads_scale_with_no_fixed_name_or_host_port(stack: dict[str, Any]) -> None:
+    found = services(stack)
+    for role in ("reads", "writes"):
+        assert "container_name" not in found[role]
+        assert "ports" not in found[role]
+        assert found[role]["expose"] == ["8000"]
+    # One published port, the proxy's.
+    assert [name for name, service in found.items() if "ports" in service] == ["proxy"]
+    assert len(found["proxy"]["ports"]) == 1
+
+
+def test_services_start_in_order_and_report_readiness(stack: dict[str, Any]) -> None:
+    found = services(stack)
+    assert found["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert found["pgbouncer"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for role in ("writes", "reads"):
+        assert found[role]["depends_on"] == {
+            "migrate": {"condition": "service_completed_successfully"},
+            "pgbouncer": {"condition": "service_healthy"},
+        }
+        assert any("/readyz" in part for part in found[role]["healthcheck"]["test"])
+    assert found["proxy"]["depends_on"] == {
+        "writes": {"condition": "service_healthy"},
+        "reads": {"condition": "service_healthy"},
+    }
+    for name in ("postgres", "pgbouncer"):
+        assert found[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+
+
+def test_shutdown_finishes_before_compose_kills(stack: dict[str, Any]) -> None:
+    for role in ("writes", "reads"):
+        service = services(stack)[role]
+        grace = float(service["stop_grace_period"].removesuffix("s"))
+        assert float(service["environment"]["SHUTDOWN_TIMEOUT"]) < grace
+
+
+def test_the_postgres_volume_is_named(stack: dict[str, Any]) -> None:
+    assert "pgdata" in stack["volumes"]
+    assert "pgdata:/var/lib/postgresql:rw" in services(stack)["postgres"]["volumes"]
+
+
+def test_the_proxy_sends_get_and_head_to_reads_and_the_rest_to_writes(stack: dict[str, Any]) -> None:
+    config = mounted(services(stack)["proxy"], "/etc/nginx/conf.d/default.conf").read_text()
+    by_method = re.search(r"map \$request_method \$side \{(.*?)\}", config, re.S)
+    assert by_method is not None
+    assert dict(re.findall(r"(\S+)\s+(\w+);", by_method[1])) == {"GET": "reads", "HEAD": "reads", "default": "writes"}
+    # Docker's DNS, asked per request (a variable in proxy_pass), so scaled replicas are found.
+    assert re.search(r"^resolver 127\.0\.0\.11\b", config, re.M)
+    assert "proxy_pass http://$side:8000;" in config
+
+
+def test_the_database_init_creates_the_roles_the_service_connects_as(stack: dict[str, Any]) -> None:
+    scripts = list(mounted(services(stack)["postgres"], "/docker-entrypoint-initdb.d").glob("*.sh"))
+    created = set(re.findall(r"CREATE ROLE (\w+) LOGIN", "".join(script.read_text() for script in scripts)))
+    assert created == {READ_ROLE, WRITE_ROLE}
+
+
+def test_the_image_installs_only_through_pip() -> None:
+    runs = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("RUN ")]
+    assert runs
+    assert all("pip install ." in line for line in runs)
+    assert not any(manager in line for line in runs for manager in ("apt-get", "apt ", "apk ", "dnf ", "yum "))

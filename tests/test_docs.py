@@ -1,0 +1,36 @@
+"""The references in docs/ say what the code does: each is regenerated here and compared with the
+committed file, so a change to Settings, a route, a Struct or a problem type that leaves the docs
+behind fails with the command that brings them up to date."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.reference import http
+from shared.reference.configuration import REGENERATE, configuration_markdown
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_the_configuration_reference_matches_settings() -> None:
+    committed = (DOCS / "configuration.md").read_text()
+    assert committed == configuration_markdown(), f"docs/configuration.md is out of date: run `{REGENERATE}`"
+
+
+def test_the_http_reference_matches_the_routes_structs_and_problems() -> None:
+    committed = (DOCS / "http.md").read_text()
+    assert committed == http.fill(committed, http.sections()), f"docs/http.md is out of date: run `{http.REGENERATE}`"
+
+
+def test_a_missing_section_marker_is_an_error_not_a_silent_skip() -> None:
+    with pytest.raises(ValueError, match="routes"):
+        http.fill("# no markers\n", {"routes": "| table |"})
+
+
+def test_the_docs_link_only_inside_the_repository() -> None:
+    readme = (DOCS.parent / "README.md").read_text()
+    assert "../shared" not in readme
+    for page in ("docs/http.md", "docs/configuration.md", "docs/operating.md"):
+        assert f"({page})" in readme
