@@ -114,3 +114,19 @@ async def test_with_read_tokens_every_query_needs_one_of_them(settings: Settings
 async def test_without_read_tokens_queries_are_open(client: httpx.AsyncClient) -> None:
     for url in QUERY_URLS:
         assert (await client.get(url)).status_code in (200, 404), url
+
+
+async def test_releasing_a_read_connection_costs_no_round_trip(settings: Settings) -> None:
+    # asyncpg's default reset (RESET ALL, UNLISTEN *, advisory unlock) would be a second round trip
+    # for every query; the read side never changes its session, so it sends nothing on release.
+    app = create_app(msgspec.structs.replace(settings, read_pool_min_size=1, read_pool_max_size=1))
+    sent: list[str] = []
+    async with running_client(app) as client:
+        reads = app.state.resources.pools["reads"]
+        async with reads.connection() as connection:
+            connection.add_query_logger(lambda record: sent.append(record.query))
+        for url in QUERY_URLS:
+            assert (await client.get(url)).status_code in (200, 404), url
+
+    assert len(sent) == len(QUERY_URLS)  # one statement a request, and nothing on release
+    assert not [query for query in sent if "RESET" in query or "UNLISTEN" in query], sent
