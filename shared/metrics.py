@@ -1,4 +1,4 @@
-"""Every Prometheus series the service exports (API.md § Operations), the middleware that counts
+"""Every Prometheus series the service exports (the contract: docs/http.md), the middleware that counts
 requests, and ``GET /metrics``.
 
 The pool series are fed at the pool seam: ``shared.pools.Gate`` publishes ``in_use``, ``waiting``
@@ -52,13 +52,13 @@ MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Read when prometheus-client is, so this agrees with the library on whether values live in files.
 MULTIPROCESS_DIR = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
 
-# API.md names the series; the `_created` companions of counters and histograms are not among them.
+# The contract (docs/http.md) names the series; the `_created` companions of counters and histograms are not among them.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves these untyped
 # Our series only: the default registry would add the process and GC collectors.
 REGISTRY = CollectorRegistry()
 
 # Across workers every pool gauge is summed over the live processes ("summed across workers",
-# API.md): connections open, held and queued add up, and so do the ceilings, since each worker has
+# the contract): connections open, held and queued add up, and so do the ceilings, since each worker has
 # its own pool. A worker that died leaves the sum (``_forget_dead_workers``).
 POOL_SIZE = Gauge(
     "db_pool_size", "Connections the pool has open", ["pool"], registry=REGISTRY, multiprocess_mode="livesum"

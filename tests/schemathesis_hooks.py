@@ -49,7 +49,7 @@ def before_call(ctx: schemathesis.HookContext, case: schemathesis.Case[Any], kwa
 
 @schemathesis.hook
 def filter_case(ctx: schemathesis.HookContext, case: schemathesis.Case[Any]) -> bool:
-    # API.md: a product repeated within one order is a 422. JSON Schema cannot say "unique by
+    # docs/http.md: a product repeated within one order is a 422. JSON Schema cannot say "unique by
     # product_id", so the document admits such an order; positive cases leave them out.
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive or (case.method, case.path) != ("POST", "/v1/orders"):

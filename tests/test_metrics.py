@@ -1,4 +1,4 @@
-"""``GET /metrics``: the series API.md names, for both pools, moving as the pools do, requests counted by
+"""``GET /metrics``: the series docs/http.md names, for both pools, moving as the pools do, requests counted by
 route template, and the same answer from every worker of ``serve --workers 2``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""/openapi.json tells the truth (API.md § Operations): a 405 names every method of its path, the
+"""/openapi.json tells the truth (docs/http.md § Operations): a 405 names every method of its path, the
 operations that need a token say so, headers and parameters accept what the service accepts, and
 links lead to operations that exist. tests/test_schemathesis.py checks the same at large."""
 

@@ -1,4 +1,4 @@
-"""Schemathesis against the served app: /openapi.json tells the truth (API.md § Operations).
+"""Schemathesis against the served app: /openapi.json tells the truth (docs/http.md § Operations).
 
 The app is served on a real socket over this run's database, with a few rows made through the
 commands first so that reads and transitions have something to find. Then the ``st`` command line

@@ -1,4 +1,4 @@
-"""A command answers with the view the query side returns for the same resource (API.md § Conventions)."""
+"""A command answers with the view the query side returns for the same resource (docs/http.md § Conventions)."""
 
 from __future__ import annotations
 
