@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,11 +10,12 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from starlette.applications import Starlette
 
 from shared.app import create_app
-from shared.config import Settings
+from shared.config import Settings, asyncpg_dsn
 from tests.support import AUTH, running_client
-from tests.writes.support import assert_problem, new_customer, new_product
+from tests.writes.support import assert_problem, new_customer, new_order, new_product
 
 NDJSON = {**AUTH, "Content-Type": "application/x-ndjson"}
 
@@ -169,3 +171,137 @@ async def test_more_than_100_000_orders_is_422_naming_the_first_line_past_the_li
     response = await client.post("/v1/orders/import", content=body, headers=NDJSON)
     assert_problem(response, 422, "line 100001:", "at most 100000 orders")
     assert await nothing_imported(db)
+
+
+async def test_imported_orders_read_back_through_get_as_they_were_sent(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    ada = await new_customer(client, "ada@example.com", "Ada")
+    mug, tea, jam = [await new_product(client, sku, stock=7) for sku in ("MUG", "TEA", "JAM")]
+    sent = [
+        line(ada, (tea, 3, 100), (mug, 1, 999), (jam, 2, 0), created_at="2026-01-01T14:00:00.5+02:00"),
+        line(ada, (jam, 1, 450), status="shipped", created_at="0001-01-02T00:00:00Z"),
+        line(ada, (mug, 4, 999), (tea, 1, 100), status="cancelled", created_at="9999-12-30T23:59:59.999999Z"),
+    ]
+    response = await client.post("/v1/orders/import", content=ndjson(*sent), headers=NDJSON)
+    assert response.json() == {"imported": 3}, response.text
+    ids = [row["id"] for row in await db.fetch("SELECT id FROM orders ORDER BY id")]
+    skus = {mug: "MUG", tea: "TEA", jam: "JAM"}
+    for order_id, order in zip(ids, sent, strict=True):
+        view = (await client.get(f"/v1/orders/{order_id}", headers=AUTH)).json()
+        instant = datetime.fromisoformat(order["created_at"])
+        assert view["id"] == order_id
+        assert view["customer"] == {"id": ada, "email": "ada@example.com", "name": "Ada"}
+        assert (view["status"], view["version"]) == (order["status"], 1)
+        assert [(i["product_id"], i["sku"], i["quantity"], i["unit_price_cents"]) for i in view["items"]] == [
+            (i["product_id"], skus[i["product_id"]], i["quantity"], i["unit_price_cents"]) for i in order["items"]
+        ]
+        assert view["item_count"] == sum(i["quantity"] for i in order["items"])
+        assert view["total_cents"] == sum(i["quantity"] * i["unit_price_cents"] for i in order["items"])
+        assert datetime.fromisoformat(view["created_at"]) == datetime.fromisoformat(view["updated_at"]) == instant
+    # The imported ids came from the identity's sequence: an order placed afterwards gets a fresh one.
+    placed = await new_order(client, ada, (mug, 1))
+    assert placed["id"] > max(ids)
+    assert (await client.get(f"/v1/orders/{placed['id']}", headers=AUTH)).json() == placed
+
+
+async def test_a_product_deleted_while_an_import_validates_is_a_422_and_stores_nothing(
+    app: Starlette, database_url: str, db: asyncpg.Connection
+) -> None:
+    """A product deleted by hand (no command deletes) while the import validates: the validation
+    waits for the delete, then finds no product: a 422 naming the line, never a foreign-key failure
+    after the orders were copied."""
+    async with running_client(app) as client:
+        ada = await new_customer(client)
+        mug, tea = await new_product(client, "MUG"), await new_product(client, "TEA")
+        body = ndjson(line(ada, (mug, 1, 5)), line(ada, (mug, 2, 5), (tea, 1, 5)))
+        async with db.transaction():
+            await db.execute("DELETE FROM products WHERE id = $1", tea)
+            headers = {**NDJSON, "Idempotency-Key": "import-1"}
+            posting = asyncio.create_task(client.post("/v1/orders/import", content=body, headers=headers))
+            await wait_blocked_on_a_lock(database_url, "SELECT%FOR KEY SHARE%")
+        response = await posting
+    assert_problem(response, 422, "line 2:", f"product {tea} not found")
+    assert await nothing_imported(db)
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+
+
+async def wait_blocked_on_a_lock(database_url: str, query: str) -> None:
+    """Until a statement LIKE ``query`` is waiting on a lock; at most 10 s."""
+    watcher = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        for _ in range(1000):
+            waiting = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1", query
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no statement like {query!r} came to wait on a lock")
+    finally:
+        await watcher.close()
+
+
+async def test_a_copy_past_the_statement_timeout_is_a_503_like_any_statement_and_stores_nothing(
+    settings: Settings, database_url: str, db: asyncpg.Connection
+) -> None:
+    """COPY runs on the driver's connection, beside SQLAlchemy: its failures must still reach
+    WritePool.run as the database failures they are, not escape it as a 500."""
+    app = create_app(msgspec.structs.replace(settings, write_statement_timeout_ms=300))
+    async with running_client(app, raise_app_exceptions=False) as client:
+        ada, mug = await new_customer(client), await new_product(client)
+        async with db.transaction():
+            # The orders are copied; the items' COPY waits behind this lock, past the statement timeout.
+            await db.execute("LOCK TABLE order_items IN SHARE MODE")
+            posting = asyncio.create_task(
+                client.post("/v1/orders/import", content=ndjson(line(ada, (mug, 1, 5))), headers=NDJSON)
+            )
+            await wait_blocked_on_a_lock(database_url, 'COPY "order_items"%')
+            response = await posting
+    assert_problem(response, 503, "WRITE_STATEMENT_TIMEOUT_MS")
+    assert await nothing_imported(db)
+
+
+async def test_a_connection_lost_during_the_copy_is_a_503_and_the_pool_recovers(
+    app: Starlette, settings: Settings, database_url: str, db: asyncpg.Connection
+) -> None:
+    async with running_client(app, raise_app_exceptions=False) as client:
+        ada, mug = await new_customer(client), await new_product(client)
+        body = ndjson(line(ada, (mug, 1, 5)))
+        async with db.transaction():
+            await db.execute("LOCK TABLE order_items IN SHARE MODE")
+            posting = asyncio.create_task(client.post("/v1/orders/import", content=body, headers=NDJSON))
+            await wait_blocked_on_a_lock(database_url, 'COPY "order_items"%')
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'COPY \"order_items\"%'"
+            )
+            response = await posting
+        assert_problem(response, 503, "connection to the database lost")
+        assert await nothing_imported(db)
+        # More imports than the pool has connections: the dead one was discarded, not handed out again.
+        tea = await new_product(client, "TEA")
+        for attempt in range(settings.write_pool_size + 1):
+            response = await client.post("/v1/orders/import", content=ndjson(line(ada, (tea, 1, 5))), headers=NDJSON)
+            assert response.status_code == 200, (attempt, response.text)
+
+
+async def test_an_import_under_way_does_not_hold_up_changes_to_its_products(
+    app: Starlette, database_url: str, db: asyncpg.Connection
+) -> None:
+    """The import keeps its customers and products from being deleted (FOR KEY SHARE) while it runs,
+    and nothing more: a restock of the same product goes through meanwhile."""
+    async with running_client(app) as client:
+        ada, mug = await new_customer(client), await new_product(client, stock=1)
+        async with db.transaction():
+            await db.execute("LOCK TABLE order_items IN SHARE MODE")  # the import now waits in its COPY
+            posting = asyncio.create_task(
+                client.post("/v1/orders/import", content=ndjson(line(ada, (mug, 1, 5))), headers=NDJSON)
+            )
+            await wait_blocked_on_a_lock(database_url, 'COPY "order_items"%')
+            restock = await asyncio.wait_for(
+                client.post(f"/v1/products/{mug}/restock", json={"quantity": 2}, headers=AUTH), 3
+            )
+        imported = await posting
+    assert restock.status_code == 200, restock.text
+    assert restock.json()["stock"] == 3
+    assert imported.status_code == 200, imported.text

@@ -119,8 +119,9 @@ async def take_stock(session: AsyncSession, wanted: dict[int, int]) -> dict[int,
 
 async def lock_products(session: AsyncSession, product_ids: dict[int, int]) -> dict[int, Product]:
     # Every transaction that touches stock locks its products in id order, so two orders sharing
-    # products queue behind each other instead of deadlocking.
-    statement = select(Product).where(Product.id.in_(product_ids)).order_by(Product.id).with_for_update()
+    # products queue behind each other instead of deadlocking. FOR NO KEY UPDATE (key_share): the key
+    # is not changed, so foreign-key checks and an import's FOR KEY SHARE on the same rows go on.
+    statement = select(Product).where(Product.id.in_(product_ids)).order_by(Product.id).with_for_update(key_share=True)
     return {product.id: product for product in await session.scalars(statement)}
 
 
