@@ -7,6 +7,7 @@ backend that the read side cannot use. ``WRITE_POOL_SIZE`` x workers must fit ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -30,6 +31,7 @@ from shared.pools import Gate, PoolStats
 from shared.roles import write_session
 from shared.schema import CURRENT_REVISION_SQL
 from shared.sides import resources
+from writes import idempotency
 
 T = TypeVar("T")
 
@@ -82,12 +84,14 @@ class WritePool:
         )
         # Views are built from objects after commit; expiring them would force a lazy reload.
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.purger: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, settings: Settings) -> WritePool:
+    async def open(cls, settings: Settings, *, purge_every: float = idempotency.PURGE_EVERY) -> WritePool:
         """The pool, with ``WRITE_POOL_SIZE`` connections opened so the first requests do not pay for
         connecting (and an unreachable database stops start-up). Behind PgBouncer one of them also
-        checks that the write role's defaults hold (``shared.roles``): if not, start-up stops."""
+        checks that the write role's defaults hold (``shared.roles``): if not, start-up stops.
+        While it is open, expired idempotency keys are purged every ``purge_every`` seconds."""
         pool = cls(create_write_engine(settings), settings)
         if settings.slow_statement_ms:
             # Off, nothing is installed, so nothing is timed.
@@ -103,10 +107,19 @@ class WritePool:
         except BaseException:
             await pool.close()
             raise
+        pool.purger = asyncio.create_task(idempotency.purge_periodically(pool, purge_every))
         return pool
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        try:
+            if self.purger is not None:
+                self.purger.cancel()
+                # Awaited, so a purge is not cut off by the engine's disposal mid-statement, and a
+                # purger that died of a bug says so here.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.purger
+        finally:
+            await self.engine.dispose()
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, shed: bool = True) -> T:
         """Run ``work`` as one unit of work: one transaction, committed when ``work`` returns and

@@ -1,44 +1,98 @@
 """Idempotency keys: a command's first successful response, stored in the command's own transaction.
 
-The key row is claimed first, with ``INSERT ... ON CONFLICT DO NOTHING`` on its primary key: a
-concurrent request with the same key blocks on the unique index until the first one commits (then
-it replays the stored response) or rolls back (then it runs the command itself). A failed request
-rolls back its claim with everything else, so it stores nothing.
+A keyed command costs two statements: ``CLAIM`` before the command and ``store_response`` after it.
+The claim inserts the key row; a concurrent request with the same key blocks on the unique index
+until the first one commits (then it replays the stored response) or rolls back (then it runs the
+command itself). A failed request rolls back its claim with everything else, so it stores nothing.
+Expired keys are never replayed: a claim takes an expired row over, and ``purge_periodically``
+deletes the rest off the request path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING
 
 import msgspec
-from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import CursorResult, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
 from shared.dbfailures import sqlstate
-from shared.errors import IdempotencyKeyReused, InvalidInput, RequestInProgress
+from shared.errors import ApiError, IdempotencyKeyReused, InvalidInput, RequestInProgress
 from shared.sides import resources
 from writes.models import IdempotencyKey
+
+if TYPE_CHECKING:
+    from writes.db import WritePool
+
+log = logging.getLogger("orders_api.idempotency")
 
 KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # How long a retry waits for the first request with its key before it gets a 409 instead.
 IN_PROGRESS_WAIT = "2s"
 LOCK_NOT_AVAILABLE = "55P03"
-# Expired keys are deleted a bounded batch at a time by the requests that claim new ones.
-PURGE_BATCH = 100
 
+# One round trip for what took four (SET LOCAL lock_timeout, purge, INSERT, SET LOCAL back): 38 %
+# of write throughput before, measured (issue 10). Each step reads the one before it, which is
+# what orders them inside the statement:
+# - ``bounded`` notes the session's lock_timeout, then bounds it. The INSERT reads ``bounded``, so
+#   the bound is in force before it can wait on a first request's uncommitted row;
+# - ``claimed`` takes the key: a new row, or an expired one taken over in place (DO UPDATE ...
+#   WHERE), so an expired response is never replayed and no DELETE is needed on the request path.
+#   A live row is left alone and nothing is returned (it stays locked until the replay commits:
+#   DO UPDATE locks before it tests WHERE; replays of one key queue for a round trip each);
+# - the outer SELECT restores lock_timeout once ``claimed`` has run (it joins on it): the command's
+#   own locks wait as long as any command's, up to WRITE_STATEMENT_TIMEOUT_MS. It also reads the
+#   stored response, so a replay needs no second statement, unless the row was committed by the
+#   transaction the INSERT waited for: the statement's snapshot predates it (see ``_stored``).
+CLAIM = text(
+    """
+    WITH previous AS MATERIALIZED (SELECT current_setting('lock_timeout') AS lock_timeout),
+    bounded AS MATERIALIZED (
+        SELECT lock_timeout, set_config('lock_timeout', :in_progress_wait, true) FROM previous
+    ),
+    claimed AS (
+        INSERT INTO idempotency_keys AS held
+            (token_hash, key, fingerprint, status_code, headers, body, created_at, expires_at)
+        -- Placeholders until the command succeeds; no other transaction ever sees them.
+        SELECT :token_hash, :key, :fingerprint, 0, '', '', now(),
+               now() + make_interval(secs => CAST(:ttl_seconds AS integer))
+          FROM bounded
+        ON CONFLICT (token_hash, key) DO UPDATE
+            SET fingerprint = excluded.fingerprint, status_code = 0, headers = '', body = '',
+                created_at = excluded.created_at, expires_at = excluded.expires_at
+            WHERE held.expires_at < now()
+        RETURNING true AS claimed
+    )
+    SELECT set_config('lock_timeout', bounded.lock_timeout, true) AS restored,
+           claimed.claimed IS NOT NULL AS claimed,
+           stored.fingerprint, stored.status_code, stored.headers, stored.body
+      FROM bounded
+      LEFT JOIN claimed ON true
+      LEFT JOIN idempotency_keys AS stored
+        ON stored.token_hash = :token_hash AND stored.key = :key AND stored.expires_at >= now()
+    """
+)
+
+# Expired keys are deleted in the background, a bounded batch per transaction: rows a claim is
+# taking over are locked, and skipped rather than waited for.
+PURGE_EVERY = 10.0  # seconds
+PURGE_BATCH = 1000
+# Up to PURGE_BATCH x PURGE_BATCHES keys a round (1 000 a second): more than the workers can claim.
+PURGE_BATCHES = 10
 PURGE_EXPIRED = text(
     """
     DELETE FROM idempotency_keys
-    WHERE expires_at < now()
-      AND ((token_hash = :token_hash AND key = :key)
-           OR ctid = ANY(ARRAY(SELECT ctid FROM idempotency_keys WHERE expires_at < now()
-                               LIMIT :batch FOR UPDATE SKIP LOCKED)))
+    WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency_keys WHERE expires_at < now()
+                           LIMIT :batch FOR UPDATE SKIP LOCKED))
+      AND expires_at < now()
     """
 )
 
@@ -73,44 +127,55 @@ def claim_for(request: Request, token: str, key: str, body: bytes) -> Claim:
     return Claim(token_hash, key, fingerprint, resources(request).settings.idempotency_ttl)
 
 
+# A plain statement, not the ORM's update(IdempotencyKey): that one looks for matching objects in
+# the session to synchronize, and cost 0.8 ms of CPU a command against 0.1 ms for this (measured).
+STORE = text(
+    """
+    UPDATE idempotency_keys SET status_code = :status, headers = :headers, body = :body
+     WHERE token_hash = :token_hash AND key = :key
+    """
+)
+
+
 async def store_response(session: AsyncSession, claim: Claim, response: StoredResponse) -> None:
     """Keep the response for replays; it commits with the command's effects, or not at all."""
     await session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.token_hash == claim.token_hash, IdempotencyKey.key == claim.key)
-        .values(status_code=response.status, headers=msgspec.json.encode(response.headers), body=response.body)
+        STORE,
+        {
+            "token_hash": claim.token_hash,
+            "key": claim.key,
+            "status": response.status,
+            "headers": msgspec.json.encode(response.headers),
+            "body": response.body,
+        },
     )
 
 
 async def claim_key(session: AsyncSession, claim: Claim) -> StoredResponse | None:
     """None when this request now owns the key; the stored response when another request did."""
-    await session.execute(text(f"SET LOCAL lock_timeout = '{IN_PROGRESS_WAIT}'"))
+    parameters = {
+        "token_hash": claim.token_hash,
+        "key": claim.key,
+        "fingerprint": claim.fingerprint,
+        "ttl_seconds": claim.ttl_seconds,
+        "in_progress_wait": IN_PROGRESS_WAIT,
+    }
     try:
-        await session.execute(PURGE_EXPIRED, {"token_hash": claim.token_hash, "key": claim.key, "batch": PURGE_BATCH})
-        claimed = await session.scalar(
-            insert(IdempotencyKey)
-            .values(
-                token_hash=claim.token_hash,
-                key=claim.key,
-                fingerprint=claim.fingerprint,
-                # Placeholders until the command succeeds; no other transaction ever sees them.
-                status_code=0,
-                headers=b"",
-                body=b"",
-                expires_at=func.now() + timedelta(seconds=claim.ttl_seconds),
-            )
-            .on_conflict_do_nothing()
-            .returning(IdempotencyKey.key)
-        )
+        row = (await session.execute(CLAIM, parameters)).one()
     except DBAPIError as exc:
         if sqlstate(exc) == LOCK_NOT_AVAILABLE:
             raise RequestInProgress(f"a request with Idempotency-Key {claim.key!r} is still running") from None
         raise
-    await session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
-    return None if claimed is not None else await _stored(session, claim)
+    if row.claimed:
+        return None
+    if row.fingerprint is None:
+        return await _stored(session, claim)
+    return _replay(claim, row.fingerprint, row.status_code, row.headers, row.body)
 
 
 async def _stored(session: AsyncSession, claim: Claim) -> StoredResponse:
+    """The response of the request the claim waited for: committed after the claim's snapshot was
+    taken, so only a new statement sees it."""
     row = (
         await session.execute(
             select(
@@ -118,9 +183,44 @@ async def _stored(session: AsyncSession, claim: Claim) -> StoredResponse:
             ).where(IdempotencyKey.token_hash == claim.token_hash, IdempotencyKey.key == claim.key)
         )
     ).one()
-    if row.fingerprint != claim.fingerprint:
+    return _replay(claim, row.fingerprint, row.status_code, row.headers, row.body)
+
+
+def _replay(claim: Claim, fingerprint: bytes, status: int, headers: bytes, body: bytes) -> StoredResponse:
+    if fingerprint != claim.fingerprint:
         raise IdempotencyKeyReused(
             f"Idempotency-Key {claim.key!r} was first used with another request (method, path or body)"
         )
-    headers = msgspec.json.decode(row.headers, type=dict[str, str])
-    return StoredResponse(status=row.status_code, headers=headers, body=row.body)
+    return StoredResponse(status=status, headers=msgspec.json.decode(headers, type=dict[str, str]), body=body)
+
+
+async def purge_expired(session: AsyncSession, batch: int) -> int:
+    """Delete up to ``batch`` expired keys; how many were deleted."""
+    result = await session.execute(PURGE_EXPIRED, {"batch": batch})
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
+async def purge_round(pool: WritePool, *, batch: int = PURGE_BATCH, batches: int = PURGE_BATCHES) -> int:
+    """Delete expired keys, a transaction per ``batch``, until a batch comes back short or
+    ``batches`` ran; how many were deleted."""
+    deleted = 0
+    for _ in range(batches):
+        count = await pool.run(partial(purge_expired, batch=batch))
+        deleted += count
+        if count < batch:
+            break
+    return deleted
+
+
+async def purge_periodically(pool: WritePool, every: float = PURGE_EVERY) -> None:
+    """A round of ``purge_round`` every ``every`` seconds, for as long as the pool is open (its
+    ``close`` cancels this task)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await purge_round(pool)
+        except ApiError as exc:
+            # A busy pool or an absent database: the commands come first, and the next round
+            # deletes what this one left. An expired key is never replayed meanwhile.
+            log.warning("purging expired idempotency keys skipped this round: %s", exc)

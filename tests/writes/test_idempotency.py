@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 
 import asyncpg
 import httpx
 import msgspec
 import pytest
+from sqlalchemy import event
 from starlette.applications import Starlette
 
 from shared.app import create_app
 from shared.config import Settings
 from tests.support import AUTH, WRITE_TOKEN, running_client
 from tests.writes.support import assert_problem, new_customer, new_product, place
+from writes import idempotency
+from writes.db import WritePool
 
 
 async def test_a_retry_with_the_same_key_replays_the_stored_response_and_runs_nothing_twice(
@@ -92,23 +98,142 @@ async def test_keys_are_scoped_to_the_callers_token(settings: Settings, db: asyn
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 1
 
 
-async def test_an_expired_key_is_purged_and_the_request_runs_again(
-    client: httpx.AsyncClient, db: asyncpg.Connection
+async def test_an_expired_key_is_taken_over_by_the_next_request_which_runs_again(
+    app: Starlette, client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     key = {**AUTH, "Idempotency-Key": "k"}
     product_id = await new_product(client, stock=0)
     assert (await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 1}, headers=key)).is_success
     await db.execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
-    await db.execute(
-        "INSERT INTO idempotency_keys (token_hash, key, fingerprint, status_code, headers, body, expires_at)"
-        " VALUES ('\\x00', 'stale', '\\x00', 200, '{}', '', now() - interval '1 day')"
-    )
-    again = await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 1}, headers=key)
+    await insert_expired_keys(db, ["stale"])
+    with statements(app) as seen:
+        again = await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 1}, headers=key)
     assert again.status_code == 200
     assert "idempotent-replayed" not in again.headers
     assert await db.fetchval("SELECT stock FROM products") == 2
-    rows = await db.fetch("SELECT key, expires_at > now() AS live FROM idempotency_keys")
-    assert [tuple(row) for row in rows] == [("k", True)]
+    # Taken over in place by the claim itself: no DELETE on the request path, and another caller's
+    # expired key is left to the purge task.
+    assert not [statement for statement in seen if "DELETE" in statement]
+    rows = await db.fetch("SELECT key, expires_at > now() AS live FROM idempotency_keys ORDER BY key")
+    assert [tuple(row) for row in rows] == [("k", True), ("stale", False)]
+    ttl = await db.fetchval("SELECT extract(epoch FROM expires_at - created_at) FROM idempotency_keys WHERE key = 'k'")
+    assert ttl == app.state.resources.settings.idempotency_ttl
+    replay = await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 1}, headers=key)
+    assert (replay.headers["idempotent-replayed"], replay.content) == ("true", again.content)
+
+
+async def test_a_key_costs_a_command_two_statements_and_a_replay_needs_one(
+    app: Starlette, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    customer_id = await new_customer(client)
+    product_id = await new_product(client, stock=10)
+    with statements(app) as unkeyed:
+        assert (await place(client, customer_id, (product_id, 1))).status_code == 201
+    with statements(app) as keyed:
+        assert (await place(client, customer_id, (product_id, 1), **{"Idempotency-Key": "k"})).status_code == 201
+    with statements(app) as replay:
+        again = await place(client, customer_id, (product_id, 1), **{"Idempotency-Key": "k"})
+    assert again.headers["idempotent-replayed"] == "true"
+    # The claim (which bounds its own wait and reads a stored response) and the store of the response.
+    assert len(keyed) == len(unkeyed) + 2
+    assert len(replay) == 1
+    assert "lock_timeout" not in " ".join(unkeyed)
+
+
+async def test_a_keyed_commands_own_lock_waits_are_not_cut_short_by_the_wait_for_a_first_request(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    customer_id = await new_customer(client)
+    product_id = await new_product(client, stock=10)
+    # Longer than the 2 s a retry waits for its first request, within WRITE_STATEMENT_TIMEOUT_MS.
+    held = 2.5
+    async with db.transaction():
+        await db.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product_id)
+        order = asyncio.create_task(place(client, customer_id, (product_id, 1), **{"Idempotency-Key": "k"}))
+        await asyncio.sleep(held)
+        assert not order.done()
+    response = await order
+    assert response.status_code == 201, response.text
+    assert await db.fetchval("SELECT stock FROM products") == 9
+
+
+async def test_a_purge_deletes_expired_keys_a_bounded_batch_at_a_time_and_skips_locked_ones(
+    app: Starlette, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await client.post(
+        "/v1/customers", json={"email": "a@example.com", "name": "A"}, headers={**AUTH, "Idempotency-Key": "live"}
+    )
+    await insert_expired_keys(db, [f"expired-{n:02}" for n in range(25)])
+    pool = write_pool(app)
+    assert await pool.run(partial(idempotency.purge_expired, batch=10)) == 10
+    assert await idempotency.purge_round(pool, batch=10, batches=1) == 10
+    async with db.transaction():
+        # A row a claim is taking over: the purge goes around it rather than waiting.
+        await db.execute("SELECT 1 FROM idempotency_keys WHERE key = 'expired-24' FOR UPDATE")
+        async with asyncio.timeout(1):
+            assert await idempotency.purge_round(pool, batch=2, batches=10) == 4
+    rows = await db.fetch("SELECT key FROM idempotency_keys ORDER BY key")
+    assert [row["key"] for row in rows] == ["expired-24", "live"]
+
+
+async def test_the_write_pool_purges_expired_keys_while_open_and_stops_when_closed(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    pool = await WritePool.open(settings, purge_every=0.05)
+    try:
+        await insert_expired_keys(db, ["a", "b", "c"])
+        for _ in range(100):  # 5 s at most
+            if await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    finally:
+        await pool.close()
+    assert pool.purger is not None
+    assert pool.purger.done()
+    await insert_expired_keys(db, ["after-close"])
+    await asyncio.sleep(0.3)
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 1
+
+
+async def test_the_apps_write_pool_runs_the_purge_task_for_as_long_as_the_app_runs(settings: Settings) -> None:
+    app = create_app(settings)
+    async with running_client(app):
+        purger = write_pool(app).purger
+        assert purger is not None
+        assert not purger.done()
+    assert purger.done()
+
+
+async def insert_expired_keys(db: asyncpg.Connection, keys: list[str]) -> None:
+    """Keys of another caller that expired a day ago."""
+    await db.executemany(
+        "INSERT INTO idempotency_keys (token_hash, key, fingerprint, status_code, headers, body, expires_at)"
+        " VALUES ('\\x00', $1, '\\x00', 200, '{}', '', now() - interval '1 day')",
+        [(key,) for key in keys],
+    )
+
+
+def write_pool(app: Starlette) -> WritePool:
+    pool = app.state.resources.pools["writes"]
+    assert isinstance(pool, WritePool)
+    return pool
+
+
+@contextmanager
+def statements(app: Starlette) -> Iterator[list[str]]:
+    """The statements the app's write pool sends while the block runs."""
+    engine = write_pool(app).engine.sync_engine
+    seen: list[str] = []
+
+    def record(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 async def test_a_key_is_kept_for_idempotency_ttl_seconds(
