@@ -20,7 +20,7 @@ from shared.dbfailures import READ, Failure, classify, exhausted, unavailable
 from shared.errors import ConnectionLost
 from shared.http import decoder_for
 from shared.logs import SlowStatements
-from shared.pools import Gate, PoolStats
+from shared.pools import Gate
 from shared.roles import read_session
 from shared.schema import CURRENT_REVISION_SQL
 from shared.sides import resources
@@ -96,12 +96,7 @@ class ReadPool:
     def __init__(self, pool: Any, settings: Settings) -> None:
         self.pool = pool
         self.timeout = settings.read_pool_acquire_timeout
-        self.gate = Gate(
-            READ,
-            capacity=settings.read_pool_max_size,
-            max_waiting=settings.read_pool_max_waiting,
-            max_waiting_setting="READ_POOL_MAX_WAITING",
-        )
+        self.gate = Gate(READ, capacity=settings.read_pool_max_size, max_waiting=settings.read_pool_max_waiting)
 
     @classmethod
     async def open(cls, settings: Settings) -> ReadPool:
@@ -192,10 +187,9 @@ class ReadPool:
     async def close(self) -> None:
         await self.pool.close()
 
-    def stats(self) -> PoolStats:
-        return PoolStats(
-            size=self.pool.get_size(), in_use=self.gate.in_use, max=self.gate.capacity, waiting=self.gate.waiting
-        )
+    def size(self) -> int:
+        size: int = self.pool.get_size()
+        return size
 
 
 def read_pool(request: Request) -> ReadPool:

@@ -57,16 +57,17 @@ class PoolNames:
     url: str
     size: str
     acquire_timeout: str
+    max_waiting: str
     statement_timeout: str
 
 
 READ = PoolNames(
     "read pool", "READ_DATABASE_URL or DATABASE_URL", "READ_POOL_MAX_SIZE", "READ_POOL_ACQUIRE_TIMEOUT",
-    "READ_STATEMENT_TIMEOUT_MS",
+    "READ_POOL_MAX_WAITING", "READ_STATEMENT_TIMEOUT_MS",
 )  # fmt: skip
 WRITE = PoolNames(
     "write pool", "WRITE_DATABASE_URL or DATABASE_URL", "WRITE_POOL_SIZE + WRITE_POOL_MAX_OVERFLOW",
-    "WRITE_POOL_TIMEOUT", "WRITE_STATEMENT_TIMEOUT_MS",
+    "WRITE_POOL_TIMEOUT", "WRITE_POOL_MAX_WAITING", "WRITE_STATEMENT_TIMEOUT_MS",
 )  # fmt: skip
 
 

@@ -23,7 +23,6 @@ from shared.errors import (
     RequestTimeout,
     problem_kind,
 )
-from shared.sides import resources
 
 T = TypeVar("T")
 
@@ -112,19 +111,18 @@ def is_json(request: Request) -> bool:
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, within: float) -> bytes:
     """The whole body, refusing with 413 as soon as it passes ``limit`` (before reading it all),
-    and with 408 when it has not all arrived within ``BODY_TIMEOUT``."""
+    and with 408 when it has not all arrived ``within`` seconds (``BODY_TIMEOUT``)."""
     declared = request.headers.get("content-length")
     # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
-    timeout: float = resources(request).settings.body_timeout
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             return await _read_within(request, limit)
     except TimeoutError:
-        raise RequestTimeout(f"request body not received within {timeout} s (BODY_TIMEOUT)") from None
+        raise RequestTimeout(f"request body not received within {within} s (BODY_TIMEOUT)") from None
     except ClientDisconnect:
         # Not a fault of ours: one line, no traceback; nothing has run yet, so nothing changed.
         log.info("client closed the connection mid-body: %s %s", request.method, request.url.path)

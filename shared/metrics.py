@@ -141,7 +141,7 @@ def _pools(scope: Scope) -> Iterable[Pool]:
 
 def publish_sizes(pools: Iterable[Pool]) -> None:
     for pool in pools:
-        POOL_SIZE.labels(POOL_LABELS[pool.names]).set(pool.stats().size)
+        POOL_SIZE.labels(POOL_LABELS[pool.names]).set(pool.size())
 
 
 # Connections open and close inside the drivers, which offer no hook here, and not only during

@@ -1,5 +1,5 @@
 """What the two pools share: a gate that bounds how many requests may wait for a connection, and
-the numbers an operator reads off each pool.
+publishes the numbers an operator reads off each pool.
 
 A pool without a bounded queue turns overload into latency: 200 writers on a pool of 5 each wait
 the whole timeout, and most of them then fail anyway. The gate admits at most ``capacity``
@@ -14,29 +14,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from shared.dbfailures import PoolNames, exhausted
 from shared.errors import PoolExhausted
 from shared.metrics import pool_series
 
 
-@dataclass(frozen=True)
-class PoolStats:
-    """One pool's numbers, as ``/metrics`` shows them."""
-
-    size: int  # connections open now
-    in_use: int  # held by requests
-    max: int  # the ceiling
-    waiting: int  # requests queued for a connection
-
-
 class Gate:
-    def __init__(self, names: PoolNames, *, capacity: int, max_waiting: int, max_waiting_setting: str) -> None:
+    def __init__(self, names: PoolNames, *, capacity: int, max_waiting: int) -> None:
         self.names = names
         self.capacity = capacity
         self.max_waiting = max_waiting
-        self.max_waiting_setting = max_waiting_setting
         self.in_use = 0
         self.waiting = 0
         self._free = asyncio.Semaphore(capacity)
@@ -66,7 +54,7 @@ class Gate:
             series.timeouts.inc()
             raise PoolExhausted(
                 f"{self.names.pool}: {self.waiting} requests already wait for a connection"
-                f" ({self.max_waiting_setting}={self.max_waiting})"
+                f" ({self.names.max_waiting}={self.max_waiting})"
             )
         started = time.perf_counter()
         self.waiting += 1

@@ -16,14 +16,14 @@ from starlette.routing import BaseRoute
 
 from shared.config import Settings
 from shared.dbfailures import PoolNames
-from shared.pools import PoolStats
 
 Role = Literal["writes", "reads"]
 
 
 class Pool(Protocol):
     """The shape both pools share: opened from settings (``Side.open_pool``), closed, probed,
-    counted. Their bounded acquire is ``shared.pools.Gate``."""
+    counted. Their bounded acquire is ``shared.pools.Gate``, which also publishes how many
+    connections are held and awaited; ``size`` is the number only the driver knows."""
 
     names: PoolNames  # how messages name the pool and its settings
     timeout: float  # the longest a request waits for a connection
@@ -36,7 +36,8 @@ class Pool(Protocol):
     async def schema_revision(self) -> str | None:
         """The migration revision, read through this pool (None when never migrated)."""
 
-    def stats(self) -> PoolStats: ...
+    def size(self) -> int:
+        """Connections open now."""
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,15 @@ def free_port() -> int:
         return port
 
 
-def serve_env(database_url: str, **settings: str) -> dict[str, str]:
-    """This environment without the service's own variables, then the database and ``settings``."""
+def own_env(**settings: str) -> dict[str, str]:
+    """This environment without the service's own variables, then ``settings``."""
     inherited = {name: value for name, value in os.environ.items() if not name.startswith(OWN_VARIABLES)}
-    return {**inherited, "DATABASE_URL": database_url, "WRITE_API_TOKENS": WRITE_TOKEN, **settings}
+    return {**inherited, **settings}
+
+
+def serve_env(database_url: str, **settings: str) -> dict[str, str]:
+    """``own_env`` with the test database and the tests' write token."""
+    return own_env(DATABASE_URL=database_url, WRITE_API_TOKENS=WRITE_TOKEN, **settings)
 
 
 def stop(process: subprocess.Popen[bytes], within: float = 30.0) -> None:

@@ -134,9 +134,9 @@ async def test_each_process_publishes_its_pool_sizes_without_being_scraped(
         return REGISTRY.get_sample_value("db_pool_size", {"pool": "read"})
 
     pool = app.state.resources.pools["reads"]
-    assert published() == pool.stats().size
+    assert published() == pool.size()
     async with pool.connection(), pool.connection():  # min size 1: the second is opened now
-        opened = pool.stats().size
+        opened = pool.size()
         assert opened >= 2
         await eventually(lambda: published() == opened, within=SIZE_PERIOD + 1.0)
 

@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
 from shared.errors import ApiError
 from shared.logs import SlowStatements
-from shared.pools import Gate, PoolStats
+from shared.pools import Gate
 from shared.roles import write_session
 from shared.schema import CURRENT_REVISION_SQL
 from shared.sides import resources
@@ -80,7 +80,6 @@ class WritePool:
             WRITE,
             capacity=settings.write_pool_size + settings.write_pool_max_overflow,
             max_waiting=settings.write_pool_max_waiting,
-            max_waiting_setting="WRITE_POOL_MAX_WAITING",
         )
         # Views are built from objects after commit; expiring them would force a lazy reload.
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -151,14 +150,9 @@ class WritePool:
     async def schema_revision(self) -> str | None:
         return await self.run(_revision, shed=False)
 
-    def stats(self) -> PoolStats:
+    def size(self) -> int:
         queue = cast(QueuePool, self.engine.pool)
-        return PoolStats(
-            size=queue.checkedin() + queue.checkedout(),
-            in_use=self.gate.in_use,
-            max=self.gate.capacity,
-            waiting=self.gate.waiting,
-        )
+        return queue.checkedin() + queue.checkedout()
 
 
 def _log_slow_statements(engine: AsyncEngine, threshold_ms: int) -> None:

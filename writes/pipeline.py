@@ -37,12 +37,13 @@ class Incoming(Generic[T]):
 async def accept(
     request: Request, decode: Callable[[bytes], T], *, limit: int, wrong_media: str | None = None
 ) -> Incoming[T]:
+    settings = resources(request).settings
     # The token is checked before a byte of the body is read: strangers cannot make us buffer.
-    token = bearer_token(request, resources(request).settings.write_api_tokens)
+    token = bearer_token(request, settings.write_api_tokens)
     key = idempotency.idempotency_key(request)
     if wrong_media is not None:
         raise NotJson(wrong_media)
-    body = await read_body(request, limit)
+    body = await read_body(request, limit, within=settings.body_timeout)
     command = decode(body)
     return Incoming(command, None if key is None else idempotency.claim_for(request, token, key, body))
 

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import pickle
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import httpx
-import pytest
 from click.testing import CliRunner
 
 from shared.cli import main, require_schema_at_head, uvicorn_options
 from shared.config import Settings
 from shared.schema import current_revision, head_revision
+from tests.processes import own_env, serving_process, wait_ready
 
 
 def invoke(*args: str, env: dict[str, str]) -> tuple[int, str]:
@@ -74,49 +67,6 @@ def test_pools_warns_when_the_budget_exceeds_max_connections(database_url: str) 
     assert "DOES NOT FIT" in output
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def serve_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "WRITE_", "READ_"))}
-    env.pop("DATABASE_URL", None)
-    return env
-
-
-def _serve(data_dir: Path, port: int, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``orders-api serve`` in a child process, stopped (SIGTERM, as an operator would) afterwards."""
-    command = [sys.executable, "-m", "shared", "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    with log.open("ab") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ready(port: int, process: subprocess.Popen[bytes], log: Path, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"/readyz did not answer 200 within {within} s")
-
-
 async def _execute(data_dir: Path, statement: str) -> object:
     connection = await asyncpg.connect(f"postgresql://postgres@/orders?host={data_dir}")
     try:
@@ -125,13 +75,10 @@ async def _execute(data_dir: Path, statement: str) -> object:
         await connection.close()
 
 
-def test_serve_on_the_embedded_database_is_ready_and_keeps_its_data_across_restarts(
-    tmp_path: Path, serve_env: dict[str, str]
-) -> None:
+def test_serve_on_the_embedded_database_is_ready_and_keeps_its_data_across_restarts(tmp_path: Path) -> None:
     data_dir, log = tmp_path / "pgdata", tmp_path / "serve.log"
-    port = _free_port()
-    for process in _serve(data_dir, port, serve_env, log):
-        _wait_ready(port, process, log)
+    with serving_process("--data-dir", str(data_dir), env=own_env(), log=log) as (process, url):
+        wait_ready(url, process, log)
         asyncio.run(_execute(data_dir, "INSERT INTO customers (email, name) VALUES ('kept@example.com', 'Kept')"))
     assert process.returncode == 0, log.read_text()
     assert not (data_dir / "postmaster.pid").exists(), "stopping serve must stop the embedded PostgreSQL"
@@ -139,8 +86,8 @@ def test_serve_on_the_embedded_database_is_ready_and_keeps_its_data_across_resta
     assert str(data_dir) in output
     assert "generated token" in output
 
-    for process in _serve(data_dir, port, serve_env, log):
-        _wait_ready(port, process, log)
+    with serving_process("--data-dir", str(data_dir), env=own_env(), log=log) as (process, url):
+        wait_ready(url, process, log)
         assert asyncio.run(_execute(data_dir, "SELECT count(*) FROM customers WHERE email = 'kept@example.com'")) == 1
 
 
