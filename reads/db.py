@@ -8,6 +8,7 @@ it is retried once on a fresh one. This seam is where pool metrics and load shed
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -97,6 +98,8 @@ class ReadPool:
         self.pool = pool
         self.timeout = settings.read_pool_acquire_timeout
         self.gate = Gate(READ, capacity=settings.read_pool_max_size, max_waiting=settings.read_pool_max_waiting)
+        # asyncpg's query loggers do not see prepared statements: ``replan`` times its own.
+        self.slow = SlowStatements(READ.pool, settings.slow_statement_ms) if settings.slow_statement_ms else None
 
     @classmethod
     async def open(cls, settings: Settings) -> ReadPool:
@@ -148,26 +151,43 @@ class ReadPool:
             log.warning("read pool: releasing a connection failed: %s: %s", type(exc).__name__, exc)
 
     async def find(
-        self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True
+        self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
     ) -> T | None:
         """Run ``sql`` (one round trip) whose one value is ``view`` as JSON text; None for no row.
 
         A query is safe to repeat, so one whose connection died under it runs once more on a fresh
-        connection: a terminated backend or a restarted server costs a retry, not an error."""
+        connection: a terminated backend or a restarted server costs a retry, not an error.
+
+        ``replan`` is for a statement whose best plan depends on its values, not only on which are
+        given (how many rows a pattern or a filter matches): PostgreSQL would switch a cached statement
+        to a generic plan, which cannot know. It runs as the unnamed statement, which is never cached,
+        so it is planned with its values every time, for one more round trip."""
         try:
-            text = await self._value(sql, args, wait, shed)
+            text = await self._value(sql, args, wait, shed, replan)
         except ConnectionLost:
-            text = await self._value(sql, args, wait, shed)
+            text = await self._value(sql, args, wait, shed, replan)
         return None if text is None else decoder_for(view).decode(text)
 
-    async def _value(self, sql: str, args: tuple[object, ...], wait: float | None, shed: bool) -> str | None:
+    async def _value(
+        self, sql: str, args: tuple[object, ...], wait: float | None, shed: bool, replan: bool
+    ) -> str | None:
         async with self.connection(wait, shed=shed) as connection:
-            text: str | None = await connection.fetchval(sql, *args)
-        return text
+            if not replan:
+                text: str | None = await connection.fetchval(sql, *args)
+                return text
+            started = time.perf_counter()
+            try:
+                text = await (await connection.prepare(sql, name="")).fetchval(*args)
+            finally:
+                if self.slow:
+                    self.slow.observe(sql, time.perf_counter() - started)
+            return text
 
-    async def fetch(self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True) -> T:
+    async def fetch(
+        self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
+    ) -> T:
         """``find`` for a statement that always yields its value (an aggregate or a list)."""
-        found = await self.find(sql, view, *args, wait=wait, shed=shed)
+        found = await self.find(sql, view, *args, wait=wait, shed=shed, replan=replan)
         if found is None:
             raise LookupError(f"statement returned no value, expected {view}: {sql}")
         return found

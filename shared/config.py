@@ -117,9 +117,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
         NonNegativeInt,
         Meta(
             description="Queries allowed to wait for a read connection; past it a query gets a 503 at once. "
-            "A read holds a connection for about a millisecond, so 50 waiting is tens of milliseconds."
+            "A read holds a connection for about a millisecond, so 100 waiting is a queue of tens of milliseconds; "
+            "at 50, 64 steady clients on one worker (bench/) already had part of their reads refused."
         ),
-    ] = 50
+    ] = 100
     read_export_wait: Annotated[
         Seconds,
         Meta(

@@ -87,11 +87,6 @@ def read_session(settings: Settings) -> SideSession:
             # Views are built as JSON in SQL; UTC offsets there decode to the same datetimes the
             # write side returns, so both sides encode a timestamp identically (…Z).
             "TimeZone": "UTC",
-            # The list queries take optional filters as "$1 IS NULL OR col = $1". PostgreSQL may
-            # switch a prepared statement to a generic plan, which cannot fold those away and
-            # would walk all orders newest-first for any filter; planning each execution with its
-            # values (tens of microseconds) picks the filter's index every time.
-            "plan_cache_mode": "force_custom_plan",
         },
     )
 
@@ -114,6 +109,11 @@ def role_statements(settings: Settings, database: str) -> list[str]:
         for name, value in session.expected.items():
             # Per database: two deployments sharing a cluster keep their own timeouts.
             statements.append(f"ALTER ROLE {session.role} IN DATABASE {database} SET {name} = '{value}'")
+    # Earlier releases set plan_cache_mode = force_custom_plan on the read role, for list queries
+    # written as "$1 IS NULL OR col = $1". They now have a text per combination of filters, fine
+    # under generic plans (reads.queries.orders), and re-planning every execution cost the point
+    # queries about a third of their rate: re-running this after upgrading returns it to the default.
+    statements.append(f"ALTER ROLE {READ_ROLE} IN DATABASE {database} RESET plan_cache_mode")
     return [
         *statements,
         f"GRANT CONNECT ON DATABASE {database} TO {READ_ROLE}, {WRITE_ROLE}",

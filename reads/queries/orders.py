@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 from reads.cursor import decode_cursor, page_of
@@ -41,23 +42,48 @@ async def order_by_id(pool: ReadPool, order_id: int) -> OrderView | None:
 # its index), while a bare created_at would be the output expression.
 SUMMARY_COLUMNS = f"id, customer_id, status, item_count, total_cents, {instant('orders.created_at')} AS created_at"
 
-# The filters ($1..$4) of both the list and the export, written once so that the same parameters
-# always select the same orders. Each absent filter ($n IS NULL) folds away at planning (the read
-# pool plans every execution), leaving the conditions an index can serve.
-ORDER_FILTERS = """($1::bigint IS NULL OR customer_id = $1)
-          AND ($2::text IS NULL OR status = $2)
-          AND ($3::timestamptz IS NULL OR created_at >= $3)
-          AND ($4::timestamptz IS NULL OR created_at < $4)"""
+# PostgreSQL may switch a prepared statement to a generic plan after five executions, and a generic
+# plan cannot fold "$1 IS NULL OR customer_id = $1" away: it would walk all orders newest-first
+# whatever the filters. So each combination of filters present has its own text, composed of these
+# constants only (every value stays a bound parameter): a present filter is its condition, an absent
+# one a condition on its parameter alone, a one-time filter that leaves the choice of index alone.
+# Every variant names every $n, so the arguments are the same whichever text runs.
+ORDER_FILTERS = (
+    ("customer_id = $1::bigint", "$1::bigint IS NULL"),
+    ("status = $2::text", "$2::text IS NULL"),
+    ("created_at >= $3::timestamptz", "$3::timestamptz IS NULL"),
+    ("created_at < $4::timestamptz", "$4::timestamptz IS NULL"),
+)
 
-# The walk runs backwards down (customer_id | status, created_at, id) or (created_at, id). $5/$6
-# are the last row of the previous page: a row comparison keeps pages stable as new orders arrive.
-ORDER_PAGE = f"""
+
+def present(values: tuple[object, ...]) -> tuple[bool, ...]:
+    """Which of a statement's optional parameters are given: the key of its variant."""
+    return tuple(value is not None for value in values)
+
+
+def order_filters(filters: tuple[bool, ...]) -> str:
+    """The filters ($1..$4) of both the list and the export, written once so that the same parameters
+    always select the same orders; ``filters`` says which are given."""
+    return "\n          AND ".join(
+        (condition if given else absent) for (condition, absent), given in zip(ORDER_FILTERS, filters, strict=True)
+    )
+
+
+# $5/$6 are the last row of the previous page: a row comparison keeps pages stable as new orders arrive.
+AFTER_ROW = "(created_at, id) < ($5::timestamptz, $6::bigint)"
+NO_AFTER_ROW = "$5::timestamptz IS NULL AND $6::bigint IS NULL"
+
+
+# The walk runs backwards down (customer_id | status, created_at, id) or (created_at, id).
+@functools.cache
+def order_page_sql(filters: tuple[bool, ...], after: bool) -> str:
+    return f"""
     SELECT coalesce(json_agg(page ORDER BY page.created_at DESC, page.id DESC), '[]')::text
     FROM (
         SELECT {SUMMARY_COLUMNS}
         FROM orders
-        WHERE {ORDER_FILTERS}
-          AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::bigint))
+        WHERE {order_filters(filters)}
+          AND {AFTER_ROW if after else NO_AFTER_ROW}
         ORDER BY orders.created_at DESC, orders.id DESC
         LIMIT $7
     ) page
@@ -67,7 +93,8 @@ ORDER_PAGE = f"""
 async def order_page(pool: ReadPool, params: OrderListing) -> Page[OrderSummary]:
     bound_to = ("orders", *params.values())
     after_at, after_id = (None, None) if params.cursor is None else after_row(params.cursor, bound_to)
-    rows = await pool.fetch(ORDER_PAGE, list[OrderSummary], *params.values(), after_at, after_id, params.limit + 1)
+    sql = order_page_sql(present(params.values()), params.cursor is not None)
+    rows = await pool.fetch(sql, list[OrderSummary], *params.values(), after_at, after_id, params.limit + 1)
     return page_of(rows, params.limit, lambda order: (order.created_at, order.id), bound_to=bound_to)
 
 
@@ -83,13 +110,16 @@ def after_row(cursor: str, bound_to: tuple[object, ...]) -> tuple[Instant, int]:
 
 EXPORT_BATCH_SIZE = 1000
 
+
 # Walks the primary key; $5 is the last id of the previous batch.
-EXPORT_BATCH = f"""
+@functools.cache
+def export_batch_sql(filters: tuple[bool, ...]) -> str:
+    return f"""
     SELECT coalesce(json_agg(batch ORDER BY batch.id), '[]')::text
     FROM (
         SELECT {SUMMARY_COLUMNS}
         FROM orders
-        WHERE {ORDER_FILTERS}
+        WHERE {order_filters(filters)}
           AND id > $5
         ORDER BY id
         LIMIT $6
@@ -108,10 +138,12 @@ async def order_batches(
     (``READ_EXPORT_WAIT``), and are never turned away by a full queue, because by then the
     response has begun.
     """
-    after, wait = 0, None
+    sql, after, wait = export_batch_sql(present(filters.values())), 0, None
     while True:
+        # Replanned: how many orders a filter matches decides between walking the primary key and
+        # sorting the filter's matches, which a generic plan cannot know (one more round trip a batch).
         batch = await pool.fetch(
-            EXPORT_BATCH, list[OrderSummary], *filters.values(), after, batch_size, wait=wait, shed=wait is None
+            sql, list[OrderSummary], *filters.values(), after, batch_size, wait=wait, shed=wait is None, replan=True
         )
         if not batch:
             return

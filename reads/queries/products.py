@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from reads.cursor import decode_cursor, page_of
 from reads.db import ReadPool
 from reads.params import ProductSearch
@@ -27,14 +29,20 @@ async def product_by_id(pool: ReadPool, product_id: int) -> ProductView | None:
     return await pool.find(PRODUCT_BY_ID, ProductView, product_id)
 
 
-# $1 is a LIKE pattern with its wildcards escaped (see like_pattern); keyset on the primary key.
-PRODUCT_SEARCH = rf"""
+# $1 is a LIKE pattern with its wildcards escaped (see like_pattern); keyset on the primary key. A
+# text per combination of $1 and $2 given, as for the order list (see reads.queries.orders.ORDER_FILTERS).
+MATCHES = r"(name ILIKE $1::text ESCAPE '\' OR sku ILIKE $1::text ESCAPE '\')"
+
+
+@functools.cache
+def product_search_sql(matching: bool, after: bool) -> str:
+    return f"""
     SELECT coalesce(json_agg(p ORDER BY p.id), '[]')::text
     FROM (
         SELECT {PRODUCT_COLUMNS}
         FROM products
-        WHERE ($1::text IS NULL OR name ILIKE $1 ESCAPE '\' OR sku ILIKE $1 ESCAPE '\')
-          AND ($2::bigint IS NULL OR id > $2)
+        WHERE {MATCHES if matching else "$1::text IS NULL"}
+          AND {"id > $2::bigint" if after else "$2::bigint IS NULL"}
         ORDER BY id
         LIMIT $3
     ) p
@@ -45,7 +53,10 @@ async def product_search(pool: ReadPool, params: ProductSearch) -> Page[ProductV
     bound_to = ("products", params.q)
     after = None if params.cursor is None else decode_cursor(params.cursor, Id, bound_to=bound_to)
     pattern = None if params.q is None else like_pattern(params.q)
-    rows = await pool.fetch(PRODUCT_SEARCH, list[ProductView], pattern, after, params.limit + 1)
+    sql = product_search_sql(pattern is not None, after is not None)
+    # A pattern is replanned: a rare one is served by the trigram indexes, a common one by walking
+    # the primary key until the page is full, and a generic plan cannot tell them apart.
+    rows = await pool.fetch(sql, list[ProductView], pattern, after, params.limit + 1, replan=pattern is not None)
     return page_of(rows, params.limit, lambda product: product.id, bound_to=bound_to)
 
 

@@ -128,5 +128,7 @@ async def test_releasing_a_read_connection_costs_no_round_trip(settings: Setting
         for url in QUERY_URLS:
             assert (await client.get(url)).status_code in (200, 404), url
 
-    assert len(sent) == len(QUERY_URLS)  # one statement a request, and nothing on release
+    # One statement a request, and nothing on release. Query loggers do not see the export's statement:
+    # it is replanned (ReadPool.find), run as a prepared statement.
+    assert len(sent) == len(QUERY_URLS) - 1
     assert not [query for query in sent if "RESET" in query or "UNLISTEN" in query], sent

@@ -1,4 +1,4 @@
-"""The command line as operators use it: serve, migrate, pools."""
+"""The command line as operators use it: serve, migrate, roles, pools."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import asyncpg
 from click.testing import CliRunner
 
 from shared.cli import main, require_schema_at_head, uvicorn_options
-from shared.config import Settings
+from shared.config import Settings, asyncpg_dsn
+from shared.roles import READ_ROLE
 from shared.schema import current_revision, head_revision
 from tests.processes import own_env, serving_process, wait_ready
 
@@ -65,6 +66,33 @@ def test_pools_warns_when_the_budget_exceeds_max_connections(database_url: str) 
     code, output = invoke("pools", "--workers", "50", env={"DATABASE_URL": database_url})
     assert code == 0, output
     assert "DOES NOT FIT" in output
+
+
+async def _on(url: str, statement: str) -> object:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return await connection.fetchval(statement)
+    finally:
+        await connection.close()
+
+
+def test_roles_resets_the_plan_cache_mode_an_earlier_release_set_on_the_read_role(database_url: str) -> None:
+    env = {"DATABASE_URL": database_url}
+    assert invoke("roles", env=env)[0] == 0
+    earlier = f"ALTER ROLE {READ_ROLE} IN DATABASE %I SET plan_cache_mode = 'force_custom_plan'"
+    asyncio.run(_on(database_url, f"DO $$ BEGIN EXECUTE format($f${earlier}$f$, current_database()); END $$"))
+    code, output = invoke("roles", env=env)
+    assert code == 0, output
+    defaults = asyncio.run(
+        _on(
+            database_url,
+            f"SELECT setconfig FROM pg_db_role_setting WHERE setrole = to_regrole('{READ_ROLE}')"
+            " AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+    )
+    assert isinstance(defaults, list)
+    assert "TimeZone=UTC" in defaults
+    assert not [setting for setting in defaults if setting.startswith("plan_cache_mode")], defaults
 
 
 async def _execute(data_dir: Path, statement: str) -> object:
