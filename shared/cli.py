@@ -1,4 +1,4 @@
-"""orders-api serve | migrate | roles | seed | pools | config."""
+"""orders-api serve | migrate | roles | seed | pools | config | bench."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import msgspec
 import uvicorn
 
 import writes.seed
+from bench.core import SCENARIOS
 from shared import embedded
 from shared.app import SIDES_FOR_ROLE, ServeRole, create_app
 from shared.config import ConfigError, Settings, asyncpg_dsn
@@ -357,3 +358,26 @@ def pool_report(settings: Settings, workers: int, max_connections: int, reserved
 def config(markdown: bool) -> None:
     """Show every configuration variable: its effective value (secrets masked), type, default, bounds and meaning."""
     click.echo(configuration_markdown() if markdown else effective_report(load_settings()), nl=not markdown)
+
+
+@main.command()
+@click.option("--smoke", is_flag=True, help="Seconds-long, on tiny data: checks that every scenario measures (CI).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench/results"),
+    show_default=True,
+    help="Where the report (README.md), its charts and results.json go.",
+)
+@click.option("--only", multiple=True, type=click.Choice(SCENARIOS), help="Run just these scenarios (repeatable).")
+def bench(smoke: bool, out: Path, only: tuple[str, ...]) -> None:
+    """Benchmark the service against an async-ORM twin, a bare floor and a ceiling, from scratch (bench/)."""
+    try:
+        from bench.run import run_benchmark
+    except ImportError as exc:
+        raise click.ClickException(f"{exc.name} is missing: pip install -e '.[bench]'") from None
+    try:
+        report = run_benchmark(out, smoke=smoke, only=only, say=click.echo)
+    except RuntimeError as exc:  # wrk or py-spy missing, a server that would not start
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"report: {report}")

@@ -4,8 +4,6 @@ test database, stopped with SIGTERM (then SIGKILL to its process group if it han
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.servers import free_port, stop
 from tests.support import WRITE_TOKEN
 
 # The service's own variables: a child gets only those a test gives it.
 OWN_VARIABLES = ("DATABASE_URL", "WRITE_", "READ_", "ORDERS_API_", "SHUTDOWN_", "PROMETHEUS_", "ACCESS_LOG", "SLOW_")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def own_env(**settings: str) -> dict[str, str]:
@@ -38,17 +30,6 @@ def own_env(**settings: str) -> dict[str, str]:
 def serve_env(database_url: str, **settings: str) -> dict[str, str]:
     """``own_env`` with the test database and the tests' write token."""
     return own_env(DATABASE_URL=database_url, WRITE_API_TOKENS=WRITE_TOKEN, **settings)
-
-
-def stop(process: subprocess.Popen[bytes], within: float = 30.0) -> None:
-    """SIGTERM, as an operator would; SIGKILL to its process group (it and its workers) if it hangs."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=within)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 @contextmanager

@@ -26,10 +26,11 @@ import sqlalchemy.exc
 from sqlalchemy import text
 from starlette.applications import Starlette
 
+from bench.servers import free_port
 from shared.app import create_app
 from shared.config import Settings
 from shared.roles import READ_ROLE, WRITE_ROLE
-from tests.processes import free_port, serve_env, serving_process, wait_ready
+from tests.processes import serve_env, serving_process, wait_ready
 from tests.support import AUTH, WRITE_TOKEN, running_client
 
 PGBOUNCER = shutil.which("pgbouncer") or next(

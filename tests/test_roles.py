@@ -13,10 +13,11 @@ import asyncpg
 import httpx
 import pytest
 
+from bench.servers import free_port
 from shared.cli import fetch_server_limits
 from shared.config import asyncpg_dsn
 from shared.schema import upgrade_to_head
-from tests.processes import free_port, serve_env, serving_process, wait_ready
+from tests.processes import serve_env, serving_process, wait_ready
 from tests.support import AUTH
 from tests.writes.support import assert_problem
 

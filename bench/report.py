@@ -1,0 +1,232 @@
+"""The report: markdown with PNG charts (matplotlib), the machine, the versions and every setting,
+and the targets of issue 10 checked against the measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display here or in CI
+import matplotlib.pyplot as plt
+
+from bench.core import Measurement
+from bench.profile import Profile
+
+PACKAGES = ("starlette", "uvicorn", "sqlalchemy", "asyncpg", "msgspec", "fastapi", "pydantic", "psycopg", "py-spy")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    wanted: str
+    measured: str
+    met: bool
+
+
+def find(measurements: list[Measurement], scenario: str, case: str, contender: str) -> Measurement:
+    for m in measurements:
+        if m.scenario == scenario and m.case == case and m.contender == contender:
+            return m
+    raise LookupError(f"no measurement for {scenario} / {case} / {contender}")
+
+
+def ratio_target(name: str, wanted: float, numerator: float, denominator: float, unit: str = "×") -> Target:
+    value = numerator / denominator if denominator else 0.0
+    return Target(name, f"≥ {wanted:g}{unit}", f"{value:.2f}{unit}", value >= wanted)
+
+
+def limit_target(name: str, limit: float, value: float, unit: str) -> Target:
+    return Target(name, f"< {limit:g} {unit}", f"{value:.1f} {unit}", value < limit)
+
+
+def targets(ms: list[Measurement], pool_size: int) -> list[Target]:
+    """Issue 10's targets, from the measurements (1 worker for the HTTP reads)."""
+    found: list[Target] = []
+
+    def reads(path: str, twin: float) -> None:
+        case = f"GET {path} · 1 worker"
+        service = find(ms, "http-reads", case, "service").rate
+        found.append(
+            ratio_target(f"{path}: service ÷ async-ORM twin", twin, service, find(ms, "http-reads", case, "twin").rate)
+        )
+        found.append(
+            ratio_target(f"{path}: service ÷ bare floor", 1.0, service, find(ms, "http-reads", case, "floor").rate)
+        )
+
+    reads("/v1/orders/{id}", 10)
+    reads("/v1/products/{id}", 5)
+    plain, keyed = (find(ms, "writes", label, f"{pool_size} clients").rate for label in ("no key", "Idempotency-Key"))
+    found.append(
+        Target(
+            "Idempotency-Key: cost in write throughput",
+            "≤ 15 %",
+            f"{(1 - keyed / plain) * 100:.1f} %",
+            keyed >= 0.85 * plain,
+        )
+    )
+    case = next(m.case for m in ms if m.scenario == "bulk")
+    bulk = {m.contender: m.rate for m in ms if m.scenario == "bulk"}
+    found.append(ratio_target("import ÷ ORM add_all", 10, bulk["import command (COPY)"], bulk["ORM add_all"]))
+    found.append(ratio_target("import ÷ bare COPY", 0.8, bulk["import command (COPY)"], bulk["bare asyncpg COPY"]))
+    crowd = find(ms, "writes", "no key", "200 clients")
+    found.append(limit_target("200 writers: accepted p99", 250, crowd.p99_ms, "ms"))
+    found.append(limit_target("200 writers: rejected p99", 20, crowd.extra.get("rejected_p99_ms", 0.0), "ms"))
+    found.append(
+        ratio_target(
+            "200 writers: accepted throughput ÷ at pool concurrency",
+            0.9,
+            crowd.rate,
+            find(ms, "writes", "no key", f"{pool_size} clients").rate,
+        )
+    )
+    for setup, bound in (("one process", 1.5), ("--role split", 1.2)):
+        alone = find(ms, "isolation", "reads alone", setup).p99_ms
+        loaded = find(ms, "isolation", "reads under write saturation", setup).p99_ms
+        value = loaded / alone if alone else 0.0
+        found.append(
+            Target(f"isolation, {setup}: read p99 loaded ÷ alone", f"≤ {bound}×", f"{value:.2f}×", value <= bound)
+        )
+    del case
+    return found
+
+
+def machine() -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    cpu = models[0] if models else platform.processor()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
+    versions = ", ".join(f"{name} {version(name)}" for name in PACKAGES)
+    return [
+        f"- {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB; {platform.platform()}",
+        f"- Python {platform.python_version()}; {versions}",
+        f"- {' '.join(wrk)}",
+    ]
+
+
+def version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def table(rows: list[Measurement], baseline: Callable[[Measurement], Measurement | None]) -> list[str]:
+    lines = [
+        "| case | contender | req/s | ratio | p50 ms | p99 ms | n | errors | more |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in rows:
+        base = baseline(m)
+        ratio = f"{m.rate / base.rate:.2f}×" if base is not None and base.rate and base is not m else ""
+        more = ", ".join(f"{key} {value:.3g}" for key, value in m.extra.items())
+        cells = (
+            m.case,
+            m.contender,
+            f"{m.rate:,.0f}",
+            ratio,
+            f"{m.p50_ms:.2f}",
+            f"{m.p99_ms:.2f}",
+            m.count,
+            m.errors,
+            more,
+        )
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return lines
+
+
+def chart(rows: list[Measurement], title: str, path: Path) -> None:
+    cases = list(dict.fromkeys(m.case for m in rows))
+    contenders = list(dict.fromkeys(m.contender for m in rows))
+    rate = {(m.case, m.contender): m.rate for m in rows}
+    figure, axes = plt.subplots(figsize=(10, 0.6 + 0.45 * len(cases) * len(contenders)))
+    height = 0.8 / len(contenders)
+    for index, contender in enumerate(contenders):
+        positions = [c + index * height for c in range(len(cases))]
+        axes.barh(positions, [rate.get((case, contender), 0.0) for case in cases], height=height, label=contender)
+    axes.set_yticks([c + 0.4 - height / 2 for c in range(len(cases))], cases, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("per second (higher is better)")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def profile_lines(title: str, profile: Profile) -> list[str]:
+    if profile.error:
+        return [f"**{title}**: no profile ({profile.error})."]
+    lines = [
+        f"**{title}** ({profile.samples} samples, busy {profile.busy * 100:.0f} % of the time). Share of busy samples:",
+        "",
+    ]
+    lines += ["| package | innermost frame | anywhere on the stack |", "|---|---:|---:|"]
+    inclusive = dict(profile.inclusive)
+    lines += [
+        f"| {name} | {share * 100:.1f} % | {inclusive.get(name, 0.0) * 100:.1f} % |" for name, share in profile.packages
+    ]
+    lines += ["", "Top functions (innermost frame):", ""]
+    lines += [f"- {share * 100:.1f} % `{name}`" for name, share in profile.functions]
+    return lines
+
+
+def write(
+    out: Path,
+    measurements: list[Measurement],
+    profiles: dict[str, Profile],
+    intro: list[str],
+    pool_size: int,
+    smoke: bool,
+) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    by_scenario: dict[str, list[Measurement]] = defaultdict(list)
+    for m in measurements:
+        by_scenario[m.scenario].append(m)
+    lines = [
+        f"# orders-api benchmark{' (smoke)' if smoke else ''}",
+        "",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        *intro,
+        "",
+        "## Machine",
+        "",
+        *machine(),
+        "",
+    ]
+    if not smoke:
+        lines += ["## Targets (issue 10)", "", "| target | wanted | measured | |", "|---|---|---|---|"]
+        lines += [
+            f"| {t.name} | {t.wanted} | {t.measured} | {'met' if t.met else '**missed**'} |"
+            for t in targets(measurements, pool_size)
+        ]
+        lines.append("")
+    for scenario, rows in by_scenario.items():
+        image = f"{scenario}.png"
+        chart(rows, scenario, out / image)
+        lines += [f"## {scenario}", "", f"![{scenario}]({image})", "", *table(rows, baseline_for(rows)), ""]
+        if scenario in profiles:
+            lines += [*profile_lines(f"Profile of the service during {scenario}", profiles[scenario]), ""]
+    (out / "results.json").write_text(json.dumps([asdict(m) for m in measurements], indent=1))
+    report = out / "README.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def baseline_for(rows: list[Measurement]) -> Callable[[Measurement], Measurement | None]:
+    """Each row's ratio is against the first contender of its case (the service, where it runs)."""
+    first: dict[str, Measurement] = {}
+    for m in rows:
+        first.setdefault(m.case, m)
+    return lambda m: first.get(m.case)

@@ -1,0 +1,1 @@
+"""The benchmark's scenarios: each a ``run(ctx)`` that returns its measurements."""

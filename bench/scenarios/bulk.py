@@ -1,0 +1,144 @@
+"""Bulk: one transaction writing N historical orders, three ways, in this process:
+- the service's import command (``writes.handlers.import_orders``: validation, ids from the
+  identity sequence, COPY inside the command's transaction), through ``WritePool.run``;
+- the ORM's ``add_all`` of the same orders with their items, through ``WritePool.run`` too;
+- a bare asyncpg COPY of the same rows: no validation, the floor.
+The HTTP and NDJSON decoding in front of the import is left out of all three."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bench.core import Context, Measurement
+from shared.config import Settings
+from shared.dto import ImportedOrder
+from writes.db import WritePool
+from writes.handlers import OrderImport, import_orders
+from writes.handlers.imports import ITEM_COLUMNS, ORDER_COLUMNS
+from writes.models import Order, OrderItem
+from writes.seed import demo_order
+
+SCENARIO = "bulk"
+
+
+def run(ctx: Context) -> list[Measurement]:
+    return asyncio.run(measure(ctx))
+
+
+async def measure(ctx: Context) -> list[Measurement]:
+    pool = await WritePool.open(Settings(database_url=ctx.database_url))
+    try:
+        orders = await some_orders(ctx.database_url, ctx.sizes.bulk_orders, ctx.sizes.customers)
+        contenders: dict[str, Callable[[list[ImportedOrder]], Awaitable[object]]] = {
+            "import command (COPY)": partial(via_import, pool),
+            "ORM add_all": partial(via_add_all, pool),
+            "bare asyncpg COPY": partial(via_bare_copy, ctx.database_url),
+        }
+        took: dict[str, list[float]] = defaultdict(list)
+        for _ in range(ctx.sizes.rounds):
+            for name, write in contenders.items():
+                started = time.perf_counter()
+                await write(orders)
+                took[name].append(time.perf_counter() - started)
+    finally:
+        await pool.close()
+    return [timed(name, len(orders), seconds) for name, seconds in took.items()]
+
+
+def timed(name: str, orders: int, seconds: list[float]) -> Measurement:
+    ordered = sorted(seconds)
+    return Measurement(
+        scenario=SCENARIO,
+        case=f"{orders} orders in one transaction",
+        contender=name,
+        rate=orders * len(seconds) / sum(seconds),
+        p50_ms=ordered[len(ordered) // 2] * 1000,  # the median run's time for all the orders
+        p99_ms=ordered[-1] * 1000,  # the slowest run's
+        count=orders * len(seconds),
+    )
+
+
+async def some_orders(url: str, count: int, customers: int) -> list[ImportedOrder]:
+    connection = await asyncpg.connect(url)
+    try:
+        prices = dict(await connection.fetch("SELECT id, price_cents FROM products"))
+        customer_ids = [row[0] for row in await connection.fetch("SELECT id FROM customers LIMIT $1", customers)]
+    finally:
+        await connection.close()
+    rng = random.Random(10)
+    now = datetime.now(UTC)
+    return [demo_order(rng, now, customer_ids, list(prices), prices) for _ in range(count)]
+
+
+async def via_import(pool: WritePool, orders: list[ImportedOrder]) -> object:
+    return await pool.run(partial(import_orders, OrderImport(orders, list(range(1, len(orders) + 1)))))
+
+
+async def via_add_all(pool: WritePool, orders: list[ImportedOrder]) -> object:
+    async def add_all(session: AsyncSession) -> None:
+        session.add_all(orm_order(order) for order in orders)
+
+    return await pool.run(add_all)
+
+
+def orm_order(order: ImportedOrder) -> Order:
+    items = [
+        OrderItem(line_no=n, product_id=i.product_id, quantity=i.quantity, unit_price_cents=i.unit_price_cents)
+        for n, i in enumerate(order.items, start=1)
+    ]
+    return Order(
+        customer_id=order.customer_id,
+        status=order.status,
+        item_count=sum(i.quantity for i in order.items),
+        total_cents=sum(i.quantity * i.unit_price_cents for i in order.items),
+        created_at=order.created_at,
+        updated_at=order.created_at,
+        items=items,
+    )
+
+
+RESERVE_IDS = "SELECT array_agg(nextval(pg_get_serial_sequence('orders', 'id'))) FROM generate_series(1, $1)"
+
+
+async def via_bare_copy(url: str, orders: list[ImportedOrder]) -> object:
+    connection = await asyncpg.connect(url)
+    try:
+        async with connection.transaction():
+            ids = await connection.fetchval(RESERVE_IDS, len(orders))
+            await connection.copy_records_to_table("orders", records=order_rows(ids, orders), columns=ORDER_COLUMNS)
+            await connection.copy_records_to_table("order_items", records=item_rows(ids, orders), columns=ITEM_COLUMNS)
+    finally:
+        await connection.close()
+    return None
+
+
+def order_rows(ids: list[int], orders: list[ImportedOrder]) -> list[tuple[object, ...]]:
+    return [
+        (
+            order_id,
+            o.customer_id,
+            o.status,
+            sum(i.quantity for i in o.items),
+            sum(i.quantity * i.unit_price_cents for i in o.items),
+            o.created_at,
+            o.created_at,
+        )
+        for order_id, o in zip(ids, orders, strict=True)
+    ]
+
+
+def item_rows(ids: list[int], orders: list[ImportedOrder]) -> list[tuple[object, ...]]:
+    return [
+        (order_id, n, i.product_id, i.quantity, i.unit_price_cents)
+        for order_id, o in zip(ids, orders, strict=True)
+        for n, i in enumerate(o.items, start=1)
+    ]

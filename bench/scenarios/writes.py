@@ -1,0 +1,155 @@
+"""Writes under 200 concurrent clients, against the same service at its write pool's own
+concurrency: accepted throughput, accepted and rejected latency, with and without an
+``Idempotency-Key``. Clients wait what ``Retry-After`` says, as the contract asks; one more run
+shows the storm of clients that do not. After each run the stock invariant is checked: every
+product lost exactly the units of the orders acknowledged, none went below zero, and every 201 is
+an order in the database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import asyncpg
+
+from bench.core import Context, Measurement, quantile_ms
+from bench.load import ACCEPTED, REJECTED, Answers, post_orders, random_order
+from bench.profile import Profile, record
+from bench.servers import serve_service
+from shared.config import Settings
+
+SCENARIO = "writes"
+CLIENTS = 200
+
+
+class InvariantBroken(AssertionError):
+    """The benchmark found oversold stock or a lost acknowledgement: a bug, not a slow run."""
+
+
+def run(ctx: Context) -> tuple[list[Measurement], Profile]:
+    pool_size = Settings(database_url=ctx.database_url).write_pool_size
+    runs: dict[tuple[str, int], list[Answers]] = defaultdict(list)
+    rejected_in_server: dict[tuple[str, int], list[float]] = defaultdict(list)
+    # The JSON access log (about 10 µs a request) gives each refusal's time inside the server.
+    with serve_service(ctx, workers=1, ACCESS_LOG="json") as server:
+        for _ in range(ctx.sizes.rounds):
+            for keyed in (False, True):
+                for clients in (pool_size, CLIENTS):
+                    label = "Idempotency-Key" if keyed else "no key"
+                    logged = server.log.stat().st_size
+                    runs[label, clients].append(checked(ctx, server.url, clients=clients, keyed=keyed))
+                    rejected_in_server[label, clients] += refusal_seconds(server.log, logged)
+        runs["no key, Retry-After ignored", CLIENTS].append(
+            checked(ctx, server.url, clients=CLIENTS, keyed=False, honour_retry_after=False)
+        )
+        profile = profiled(ctx, server.pid, server.url)
+    return [
+        measurement(label, clients, answers, sorted(rejected_in_server[label, clients]))
+        for (label, clients), answers in runs.items()
+    ], profile
+
+
+def refusal_seconds(log: Path, offset: int) -> list[float]:
+    """The server's own duration of each 503 it logged after ``offset``."""
+    with log.open("rb") as lines:
+        lines.seek(offset)
+        entries = [json.loads(line) for line in lines if line.startswith(b'{"method"')]
+    return [entry["duration_ms"] / 1000 for entry in entries if entry["status"] == REJECTED]
+
+
+def checked(ctx: Context, url: str, *, clients: int, keyed: bool, honour_retry_after: bool = True) -> Answers:
+    async def load_and_check() -> Answers:
+        before = await snapshot(ctx.database_url)
+        body = random_order(ctx.sizes.customers, ctx.sizes.products)
+        answers = await post_orders(
+            url,
+            ctx.write_token,
+            body,
+            clients=clients,
+            seconds=ctx.sizes.seconds,
+            keyed=keyed,
+            honour_retry_after=honour_retry_after,
+        )
+        await check_stock(ctx.database_url, before, answers)
+        return answers
+
+    return asyncio.run(load_and_check())
+
+
+def profiled(ctx: Context, pid: int, url: str) -> Profile:
+    """py-spy on the worker while 200 clients write (a run of its own: sampling costs a little CPU)."""
+
+    async def load() -> Answers:
+        body = random_order(ctx.sizes.customers, ctx.sizes.products)
+        return await post_orders(url, ctx.write_token, body, clients=CLIENTS, seconds=ctx.sizes.seconds + 2, keyed=True)
+
+    async def profile_under_load() -> Profile:
+        loading = asyncio.create_task(load())
+        await asyncio.sleep(1)
+        profile = await asyncio.to_thread(record, pid, ctx.sizes.seconds, ctx.scratch / "writes-profile.txt")
+        await loading
+        return profile
+
+    return asyncio.run(profile_under_load())
+
+
+async def snapshot(url: str) -> tuple[int, dict[int, int]]:
+    connection = await asyncpg.connect(url)
+    try:
+        last_order = await connection.fetchval("SELECT coalesce(max(id), 0) FROM orders")
+        stock = dict(await connection.fetch("SELECT id, stock FROM products"))
+    finally:
+        await connection.close()
+    return last_order, stock
+
+
+SOLD_SINCE = """
+    SELECT i.product_id, sum(i.quantity)::bigint
+    FROM order_items i JOIN orders o ON o.id = i.order_id
+    WHERE o.id > $1
+    GROUP BY i.product_id
+"""
+
+
+async def check_stock(url: str, before: tuple[int, dict[int, int]], answers: Answers) -> None:
+    last_order, stock_before = before
+    connection = await asyncpg.connect(url)
+    try:
+        stock_after = dict(await connection.fetch("SELECT id, stock FROM products"))
+        sold = dict(await connection.fetch(SOLD_SINCE, last_order))
+        new_orders = await connection.fetchval("SELECT count(*) FROM orders WHERE id > $1", last_order)
+    finally:
+        await connection.close()
+    wrong = {
+        p: (stock_before[p], sold.get(p, 0), s) for p, s in stock_after.items() if s != stock_before[p] - sold.get(p, 0)
+    }
+    if wrong or min(stock_after.values()) < 0:
+        raise InvariantBroken(f"stock does not add up (before, sold, after): {dict(list(wrong.items())[:5])}")
+    if new_orders != answers.created():
+        raise InvariantBroken(f"{answers.created()} orders acknowledged with 201, {new_orders} in the database")
+
+
+def measurement(label: str, clients: int, runs: list[Answers], rejected_in_server: list[float]) -> Measurement:
+    seconds = sum(answers.seconds for answers in runs)
+    accepted = sorted(t for answers in runs for t in answers.latencies(ACCEPTED))
+    rejected = sorted(t for answers in runs for t in answers.latencies(frozenset({REJECTED})))
+    answered = len(accepted) + len(rejected)
+    return Measurement(
+        scenario=SCENARIO,
+        case=label,
+        contender=f"{clients} clients",
+        rate=len(accepted) / seconds,
+        p50_ms=quantile_ms(accepted, 0.5),
+        p99_ms=quantile_ms(accepted, 0.99),
+        count=len(accepted),
+        errors=sum(answers.errors() for answers in runs),
+        extra={
+            "rejected": len(rejected),
+            "rejected_share": len(rejected) / answered if answered else 0.0,
+            "rejected_p50_ms": quantile_ms(rejected, 0.5),
+            "rejected_p99_ms": quantile_ms(rejected, 0.99),
+            "rejected_in_server_p99_ms": quantile_ms(rejected_in_server, 0.99),
+        },
+    )
