@@ -116,12 +116,14 @@ class ReadPool:
         when the connection died under the statement, which a caller may retry on a fresh one."""
         timeout = self.timeout if wait is None else wait
         async with self.gate.slot(timeout, shed=shed):
-            # The gate admits no more holders than the pool has connections, so this waits only
-            # for a connection being opened, within the same bound.
+            # The gate admits no more holders than the pool has connections, so this never waits
+            # for another request: at most for a connection being opened, which the pool's connect
+            # timeout (READ_POOL_ACQUIRE_TIMEOUT) bounds. No timeout here: asyncpg would run the
+            # acquire as a task under wait_for, a task on every query.
             try:
-                connection = await self.pool.acquire(timeout=timeout)
+                connection = await self.pool.acquire()
             except TimeoutError:
-                raise exhausted(READ, timeout) from None
+                raise exhausted(READ, self.timeout) from None
             except Exception as exc:
                 # Opening a connection failed: whatever the driver said, the database is not there for us.
                 raise unavailable(classify(exc) or Failure.UNAVAILABLE, READ, exc) from None
