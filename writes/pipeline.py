@@ -43,6 +43,8 @@ async def accept(
     key = idempotency.idempotency_key(request)
     if wrong_media is not None:
         raise NotJson(wrong_media)
+    # Overload is answered before the body is read (shared.pools.Gate.refuse_if_full).
+    write_pool(request).gate.refuse_if_full()
     body = await read_body(request, limit, within=settings.body_timeout)
     command = decode(body)
     return Incoming(command, None if key is None else idempotency.claim_for(request, token, key, body))
