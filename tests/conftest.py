@@ -20,6 +20,7 @@ from shared import embedded
 from shared.app import create_app
 from shared.config import Settings, asyncpg_dsn
 from shared.schema import upgrade_to_head
+from tests.replica import replay_delay, standby  # noqa: F401  (fixtures: a streaming standby)
 from tests.support import WRITE_TOKEN, running_client
 
 TABLES = "order_items, orders, products, customers, idempotency_keys"

@@ -5,6 +5,7 @@ the one docs/operating.md describes."""
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; schemathesis brings it
 
+from shared.config import Settings
 from shared.roles import READ_ROLE, WRITE_ROLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,10 @@ SECRETS = {
     "WRITE_API_TOKENS": "token-5ecret",
 }
 SERVICES = {"postgres", "migrate", "pgbouncer", "writes", "reads", "proxy"}
+# The `replica` profile: a streaming hot standby, and the variables that name it (docs/operating.md).
+REPLICA = "postgres-replica"
+REPLICA_URL = f"postgresql://{READ_ROLE}:{SECRETS['ORDERS_API_READ_PASSWORD']}@{REPLICA}:5432/orders"
+REPLICA_VARIABLES = {"POSTGRES_REPLICATION_PASSWORD": "replication-5ecret", "READ_DATABASE_URL": REPLICA_URL}
 
 pytestmark = pytest.mark.skipif(
     DOCKER_COMPOSE is None,
@@ -36,12 +42,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def docker_compose_config(variables: Mapping[str, str], env_file: Path) -> subprocess.CompletedProcess[str]:
-    """`docker-compose config` with only ``variables`` in its environment: neither the caller's shell nor
-    a stray .env file can fill in a value the operator would have to set."""
+def docker_compose_config(
+    variables: Mapping[str, str], env_file: Path, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """`docker-compose [options] config` with only ``variables`` in its environment: neither the caller's
+    shell nor a stray .env file can fill in a value the operator would have to set."""
     assert DOCKER_COMPOSE is not None
     return subprocess.run(
-        [DOCKER_COMPOSE, "--file", str(COMPOSE), "--env-file", str(env_file), "config"],
+        [DOCKER_COMPOSE, "--file", str(COMPOSE), "--env-file", str(env_file), *options, "config"],
         cwd=ROOT,
         env={"PATH": "/usr/local/bin:/usr/bin:/bin", **variables},
         capture_output=True,
@@ -66,9 +74,28 @@ def stack(empty_env_file: Path) -> dict[str, Any]:
     return rendered
 
 
+@pytest.fixture(scope="module")
+def replica_stack(empty_env_file: Path) -> dict[str, Any]:
+    """The stack with the `replica` profile on and the variables that go with it."""
+    result = docker_compose_config({**SECRETS, **REPLICA_VARIABLES}, empty_env_file, "--profile", "replica")
+    assert result.returncode == 0, result.stderr
+    rendered: dict[str, Any] = yaml.safe_load(result.stdout)
+    return rendered
+
+
 def services(stack: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = stack["services"]
     return found
+
+
+def started(stack: Mapping[str, Any], *profiles: str) -> set[str]:
+    """The services `docker compose [--profile P] up` starts: those in no profile, and those in one
+    of ``profiles``. (Docker-compose 1.29's `config` renders every service, with its `profiles`.)"""
+    return {
+        name
+        for name, service in services(stack).items()
+        if not service.get("profiles") or set(service["profiles"]) & set(profiles)
+    }
 
 
 def mounted(service: Mapping[str, Any], target: str) -> Path:
@@ -78,7 +105,7 @@ def mounted(service: Mapping[str, Any], target: str) -> Path:
 
 
 def test_the_stack_has_every_service(stack: dict[str, Any]) -> None:
-    assert set(services(stack)) == SERVICES
+    assert started(stack) == SERVICES
 
 
 def test_each_role_runs_its_own_command(stack: dict[str, Any]) -> None:
@@ -189,3 +216,72 @@ def test_the_image_installs_only_through_pip() -> None:
     assert runs
     assert all("pip install ." in line for line in runs)
     assert not any(manager in line for line in runs for manager in ("apt-get", "apt ", "apk ", "dnf ", "yum "))
+
+
+def base_backup(replica: Mapping[str, Any]) -> list[str]:
+    """The words of the replica's pg_basebackup command (its script's continued lines joined)."""
+    script = replica["command"][-1].replace("\\\n", " ")
+    line = next(line for line in script.splitlines() if line.strip().startswith("pg_basebackup"))
+    return shlex.split(line)
+
+
+def option(words: list[str], name: str) -> str:
+    return next(word.split("=", 1)[1] for word in words if word.startswith(f"{name}="))
+
+
+def test_the_replica_runs_only_with_its_profile(stack: dict[str, Any], replica_stack: dict[str, Any]) -> None:
+    assert REPLICA not in started(stack)
+    assert started(replica_stack, "replica") == SERVICES | {REPLICA}
+    assert services(replica_stack)[REPLICA]["profiles"] == ["replica"]
+    # Without the profile the sides read the primary only: an empty value is an unset setting.
+    for role in ("reads", "writes"):
+        assert services(stack)[role]["environment"]["READ_DATABASE_URL"] == ""
+        assert Settings.from_env(services(stack)[role]["environment"]).read_database_url is None
+
+
+def test_the_replica_copies_the_primary_then_runs_as_a_hot_standby(replica_stack: dict[str, Any]) -> None:
+    found = services(replica_stack)
+    replica = found[REPLICA]
+    assert replica["image"] == found["postgres"]["image"]
+    words = base_backup(replica)
+    assert option(words, "--host") == "postgres"
+    assert {"--write-recovery-conf", "--wal-method=stream"} <= set(words)
+    # Started once the primary answers; PostgreSQL runs as postgres, not root.
+    assert replica["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert replica["user"] == "postgres"
+    script = replica["command"][-1]
+    assert "hot_standby=on" in script
+    # A hot standby refuses fewer connections than its primary: the same value for both.
+    primary_max = next(word for word in found["postgres"]["command"] if word.startswith("max_connections="))
+    assert f"-c {primary_max}" in script
+    # Its own data, and the password it streams with from the environment.
+    assert "replica-pgdata:/var/lib/postgresql:rw" in replica["volumes"]
+    assert "replica-pgdata" in replica_stack["volumes"]
+    assert replica["environment"]["PGPASSWORD"] == REPLICA_VARIABLES["POSTGRES_REPLICATION_PASSWORD"]
+    assert "ports" not in replica
+
+
+def test_the_primary_init_lets_the_replica_stream(replica_stack: dict[str, Any]) -> None:
+    found = services(replica_stack)
+    words = base_backup(found[REPLICA])
+    user, slot = option(words, "--username"), option(words, "--slot")
+    scripts = mounted(found["postgres"], "/docker-entrypoint-initdb.d").glob("*.sh")
+    init = "".join(script.read_text() for script in sorted(scripts))
+    assert re.search(rf"CREATE ROLE {user} WITH REPLICATION LOGIN PASSWORD", init)
+    assert f"pg_create_physical_replication_slot('{slot}')" in init
+    # `all` in pg_hba's database column does not match a replication connection: a line of its own.
+    assert re.search(rf'"host replication {user} all scram-sha-256" >>"\$PGDATA/pg_hba.conf"', init)
+    password = REPLICA_VARIABLES["POSTGRES_REPLICATION_PASSWORD"]
+    assert found["postgres"]["environment"]["POSTGRES_REPLICATION_PASSWORD"] == password
+
+
+def test_with_the_profile_the_sides_name_the_replica(replica_stack: dict[str, Any]) -> None:
+    found = services(replica_stack)
+    for role in ("reads", "writes"):
+        settings = Settings.from_env(found[role]["environment"])
+        assert settings.read_host_urls == [REPLICA_URL]
+        # The primary stays behind PgBouncer: commands, and the queries no replica can answer.
+        assert urlsplit(settings.write_url).hostname == "pgbouncer"
+    # The replica's password is not the service's: neither side holds it.
+    for role in ("reads", "writes"):
+        assert REPLICA_VARIABLES["POSTGRES_REPLICATION_PASSWORD"] not in str(found[role])
