@@ -3,6 +3,9 @@
 Every acquire is bounded by ``READ_POOL_ACQUIRE_TIMEOUT``: when the pool is exhausted the client
 gets a 503 with ``Retry-After`` instead of a request that hangs. A query whose connection dies under
 it is retried once on a fresh one. This seam is where pool metrics and load shedding hook in.
+
+With streaming replicas there is one ``ReadPool`` per replica and one on the primary
+(``reads.replicas``); a query function sees only a ``Reader``, which a ``ReadPool`` is.
 """
 
 from __future__ import annotations
@@ -11,42 +14,69 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
-from starlette.requests import Request
 
 from shared.config import Settings
-from shared.dbfailures import READ, Failure, classify, exhausted, unavailable
+from shared.dbfailures import READ, Failure, PoolNames, classify, exhausted, unavailable
 from shared.errors import ConnectionLost
 from shared.http import decoder_for
 from shared.logs import SlowStatements
 from shared.pools import Gate
 from shared.roles import read_session
 from shared.schema import CURRENT_REVISION_SQL
-from shared.sides import resources
 
 T = TypeVar("T")
 
 log = logging.getLogger("orders_api.database")
 
 
-async def create_read_pool(settings: Settings) -> Any:
+class Reader(Protocol):
+    """What a query function runs its statement on: a ``ReadPool``, or the database
+    ``reads.replicas`` chose for the request. The arguments are ``ReadPool.find``'s."""
+
+    async def find(
+        self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
+    ) -> T | None: ...
+
+    async def fetch(
+        self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
+    ) -> T: ...
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where a read pool connects, how many connections it keeps and opens at most, and its names."""
+
+    dsn: str
+    names: PoolNames
+    min_size: int
+    max_size: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Database:
+        """The read database: READ_DATABASE_URL (one host), else DATABASE_URL."""
+        return cls(settings.read_dsn, READ, settings.read_pool_min_size, settings.read_pool_max_size)
+
+
+async def create_read_pool(settings: Settings, database: Database) -> Any:
     """Open the asyncpg pool; ``min_size`` connections are opened (warmed) before it returns.
 
     Behind PgBouncer the session settings are the read role's defaults (``shared.roles``), so the
     pool first checks, on one connection, that they hold: a misconfigured role stops start-up."""
     session = read_session(settings)
     pool = await asyncpg.create_pool(
-        settings.read_dsn,
-        min_size=settings.read_pool_min_size,
-        max_size=settings.read_pool_max_size,
+        database.dsn,
+        min_size=database.min_size,
+        max_size=database.max_size,
         max_inactive_connection_lifetime=settings.read_pool_max_inactive_lifetime,
         # PgBouncer in transaction mode cannot keep a prepared statement across transactions.
         statement_cache_size=0 if settings.pgbouncer else settings.read_statement_cache_size,
         timeout=settings.read_pool_acquire_timeout,
         # Run once on each new connection. With the log off nothing is installed, so nothing is timed.
-        init=_log_slow_statements(settings.slow_statement_ms) if settings.slow_statement_ms else None,
+        init=_log_slow_statements(database.names, settings.slow_statement_ms) if settings.slow_statement_ms else None,
         reset=_keep_session,
         server_settings=session.startup_parameters(settings.pgbouncer),
     )
@@ -68,10 +98,10 @@ async def _keep_session(connection: Any) -> None:
     Behind PgBouncer, RESET ALL even cleared application_name for the next query."""
 
 
-def _log_slow_statements(threshold_ms: int) -> Callable[[Any], Awaitable[None]]:
+def _log_slow_statements(names: PoolNames, threshold_ms: int) -> Callable[[Any], Awaitable[None]]:
     """The pool's ``init`` hook: asyncpg times every query on a connection with a query logger
     (``LoggedQuery.elapsed``, failures included) and calls it soon after the query ends."""
-    slow = SlowStatements(READ.pool, threshold_ms)
+    slow = SlowStatements(names.pool, threshold_ms)
 
     def logged(query: Any) -> None:
         slow.observe(query.query, query.elapsed)
@@ -92,19 +122,21 @@ def _is_dead(connection: Any) -> bool:
 class ReadPool:
     """The read pool: a raw asyncpg pool behind a bounded queue (``shared.pools.Gate``)."""
 
-    names = READ
-
-    def __init__(self, pool: Any, settings: Settings) -> None:
+    def __init__(self, pool: Any, settings: Settings, database: Database) -> None:
         self.pool = pool
+        self.database = database
+        self.names = database.names
         self.timeout = settings.read_pool_acquire_timeout
-        self.gate = Gate(READ, capacity=settings.read_pool_max_size, max_waiting=settings.read_pool_max_waiting)
+        self.gate = Gate(self.names, capacity=database.max_size, max_waiting=settings.read_pool_max_waiting)
         # asyncpg's query loggers do not see prepared statements: ``replan`` times its own.
-        self.slow = SlowStatements(READ.pool, settings.slow_statement_ms) if settings.slow_statement_ms else None
+        self.slow = SlowStatements(self.names.pool, settings.slow_statement_ms) if settings.slow_statement_ms else None
 
     @classmethod
-    async def open(cls, settings: Settings) -> ReadPool:
-        """The pool, with ``READ_POOL_MIN_SIZE`` connections opened (an unreachable database stops start-up)."""
-        return cls(await create_read_pool(settings), settings)
+    async def open(cls, settings: Settings, database: Database | None = None) -> ReadPool:
+        """The pool on ``database`` (by default the read database), with its ``min_size``
+        connections opened: an unreachable database raises."""
+        database = database or Database.of(settings)
+        return cls(await create_read_pool(settings, database), settings, database)
 
     @asynccontextmanager
     async def connection(self, wait: float | None = None, *, shed: bool = True) -> AsyncIterator[Any]:
@@ -123,10 +155,10 @@ class ReadPool:
             try:
                 connection = await self.pool.acquire()
             except TimeoutError:
-                raise exhausted(READ, self.timeout) from None
+                raise exhausted(self.names, self.timeout) from None
             except Exception as exc:
                 # Opening a connection failed: whatever the driver said, the database is not there for us.
-                raise unavailable(classify(exc) or Failure.UNAVAILABLE, READ, exc) from None
+                raise unavailable(classify(exc) or Failure.UNAVAILABLE, self.names, exc) from None
             async with self._held(connection):
                 yield connection
 
@@ -140,7 +172,7 @@ class ReadPool:
                 raise
             if failure is Failure.LOST and not _is_dead(connection):
                 connection.terminate()  # never hand a half-dead connection to the next request
-            raise unavailable(failure, READ, exc) from None
+            raise unavailable(failure, self.names, exc) from None
         finally:
             await self._release(connection)
 
@@ -150,7 +182,7 @@ class ReadPool:
         try:
             await self.pool.release(connection)
         except Exception as exc:
-            log.warning("read pool: releasing a connection failed: %s: %s", type(exc).__name__, exc)
+            log.warning("%s: releasing a connection failed: %s: %s", self.names.pool, type(exc).__name__, exc)
 
     async def find(
         self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
@@ -212,9 +244,3 @@ class ReadPool:
     def size(self) -> int:
         size: int = self.pool.get_size()
         return size
-
-
-def read_pool(request: Request) -> ReadPool:
-    pool = resources(request).pools["reads"]
-    assert isinstance(pool, ReadPool)
-    return pool

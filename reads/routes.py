@@ -12,7 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Send
 
-from reads.db import ReadPool, read_pool
+from reads.db import Reader
 from reads.params import (
     OrderFilters,
     OrderListing,
@@ -22,7 +22,9 @@ from reads.params import (
     query_params,
 )
 from reads.queries import customers, orders, products, stats
+from reads.routing import open_read_side, reader
 from shared.auth import bearer_token
+from shared.consistency import HEADER as CONSISTENCY_TOKEN
 from shared.dto import (
     CustomerDetail,
     OrderSummary,
@@ -43,8 +45,9 @@ P = TypeVar("P", bound=msgspec.Struct)
 log = logging.getLogger("orders_api.export")
 
 TAG = "queries"
-# Every query can meet a missing token (when READ_API_TOKENS is set) and an exhausted pool.
-ALWAYS = {401: Problem, 503: Problem}
+# Every query can meet a malformed Consistency-Token, a missing bearer token (when READ_API_TOKENS is
+# set) and an exhausted pool.
+ALWAYS = {400: Problem, 401: Problem, 503: Problem}
 ONE = {**ALWAYS, 404: Problem}
 MANY = {**ALWAYS, 422: Problem}
 
@@ -75,17 +78,17 @@ def if_none_match(request: Request, tag: str) -> bool:
 
 
 def resource_route(
-    path: str, kind: str, find: Callable[[ReadPool, int], Awaitable[Any]], view: Any, *, versioned: bool
+    path: str, kind: str, find: Callable[[Reader, int], Awaitable[Any]], view: Any, *, versioned: bool
 ) -> Route:
     """GET one resource by id: 404 naming it when absent; with ``ETag`` and 304 when ``versioned``."""
     responses: dict[int, Any] = {200: view, **ONE} | ({304: None} if versioned else {})
-    headers = ("If-None-Match",) if versioned else ()
+    headers = (CONSISTENCY_TOKEN, "If-None-Match") if versioned else (CONSISTENCY_TOKEN,)
 
     @operation(f"One {kind}", tag=TAG, responses=responses, headers=headers)
     async def endpoint(request: Request) -> Response:
         authorize(request)
         resource_id = path_id(request, kind)
-        found = await find(read_pool(request), resource_id)
+        found = await find(await reader(request), resource_id)
         if found is None:
             raise NotFound(f"{kind} {resource_id} not found")
         return with_etag(request, found, found.version) if versioned else MsgspecResponse(found)
@@ -94,15 +97,15 @@ def resource_route(
 
 
 def query_route(
-    path: str, params: type[P], run: Callable[[ReadPool, P], Awaitable[Any]], view: Any, *, summary: str
+    path: str, params: type[P], run: Callable[[Reader, P], Awaitable[Any]], view: Any, *, summary: str
 ) -> Route:
     """GET a list or report: the query string decoded into ``params``, one query, one view."""
-    responses: dict[int, Any] = {200: view, **MANY} | ({400: Problem} if "cursor" in params.__struct_fields__ else {})
 
-    @operation(summary, tag=TAG, responses=responses, query=params)
+    @operation(summary, tag=TAG, responses={200: view, **MANY}, query=params, headers=(CONSISTENCY_TOKEN,))
     async def endpoint(request: Request) -> Response:
         authorize(request)
-        return MsgspecResponse(await run(read_pool(request), query_params(request, params)))
+        given = query_params(request, params)
+        return MsgspecResponse(await run(await reader(request), given))
 
     return Route(path, endpoint, methods=["GET"], name=run.__name__)
 
@@ -113,11 +116,13 @@ def query_route(
     responses={200: OrderSummary, **MANY},
     query=OrderFilters,
     response_media_type="application/x-ndjson",
+    headers=(CONSISTENCY_TOKEN,),
 )
 async def order_export(request: Request) -> Response:
     authorize(request)
     filters = query_params(request, OrderFilters)
-    batches = orders.order_batches(read_pool(request), filters, later_wait=resources(request).settings.read_export_wait)
+    later_wait = resources(request).settings.read_export_wait
+    batches = orders.order_batches(await reader(request), filters, later_wait=later_wait)
     # The first batch is read before any byte is sent, so an exhausted pool or a dead database is
     # still a proper 503; a later failure can only cut the stream, visibly (see WholeOrCut).
     first: list[OrderSummary] = await anext(batches, [])
@@ -181,4 +186,4 @@ ROUTES: list[BaseRoute] = [
     Route("/v1/exports/orders", order_export, methods=["GET"]),
 ]
 
-SIDE = Side(role="reads", routes=ROUTES, open_pool=ReadPool.open)
+SIDE = Side(role="reads", routes=ROUTES, open_pool=open_read_side)

@@ -26,7 +26,7 @@ from shared.metrics import RequestMetrics, metrics
 from shared.openapi import build_openapi, operation
 from shared.routing import by_path
 from shared.schema import head_revision
-from shared.sides import Pool, Resources, Role, Side, resources
+from shared.sides import Degradable, Pool, Resources, Role, Side, resources
 
 VERSION = "0.1.0"
 
@@ -142,15 +142,19 @@ async def healthz(request: Request) -> Response:
     responses={200: None, 503: None},
 )
 async def readyz(request: Request) -> Response:
-    """200 when every pool of this process answers and the schema is at head; else 503 naming each failure."""
+    """200 when every pool of this process answers and the schema is at head; else 503 naming each
+    failure. Either way the body names what serves at reduced capacity (a replica down or lagging)."""
     found = resources(request)
     # The schema is read through one pool (the read pool where there is one); the others are pinged.
     pools = sorted(found.pools.items(), key=lambda item: item[0] != "reads")
     checks = [_check(pool, found.schema_head if n == 0 else None) for n, (_, pool) in enumerate(pools)]
     failures = [failure for failure in await asyncio.gather(*checks) if failure is not None]
+    notes = [note for _, pool in pools if isinstance(pool, Degradable) for note in pool.degraded()]
+    degraded = f"; degraded: {', '.join(notes)}" if notes else ""
     if failures:
-        return PlainTextResponse("not ready: " + "; ".join(failures), status_code=503, headers={"Retry-After": "1"})
-    return PlainTextResponse("ready")
+        body = "not ready: " + "; ".join(failures) + degraded
+        return PlainTextResponse(body, status_code=503, headers={"Retry-After": "1"})
+    return PlainTextResponse("ready" + degraded)
 
 
 async def _check(pool: Pool, head: str | None) -> str | None:

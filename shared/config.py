@@ -57,7 +57,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     read_database_url: Annotated[
         str | None,
         Meta(
-            description="The read side's database, instead of DATABASE_URL; set it with WRITE_DATABASE_URL.",
+            description="The read side's database, instead of DATABASE_URL; set it with WRITE_DATABASE_URL "
+            "unless DATABASE_URL is set. Streaming replicas: name them all, libpq's multi-host form "
+            "(postgresql://user:pass@replica1:5432,replica2:5432/db); each gets its own read pool, and the "
+            "primary (WRITE_DATABASE_URL or DATABASE_URL) serves what no replica can.",
             extra=SECRET,
         ),
     ] = None
@@ -99,6 +102,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     read_pool_max_size: Annotated[
         PositiveInt, Meta(description="Most read connections per worker (asyncpg max_size).")
     ] = 10
+    read_replica_max_lag_ms: Annotated[
+        TimeoutMs,
+        Meta(
+            description="With replicas: one that has not replayed the primary's last commit for longer than "
+            "this is skipped until it catches up. A query without a Consistency-Token may read data this old."
+        ),
+    ] = 5000
+    read_consistency_wait_ms: Annotated[
+        TimeoutMs,
+        Meta(
+            description="With replicas: how long a query with a Consistency-Token waits for a replica to "
+            "replay past its command before the primary answers it instead."
+        ),
+    ] = 50
+    read_primary_pool_max_size: Annotated[
+        PositiveInt,
+        Meta(
+            description="With replicas: the primary's own small read pool per worker, for the queries no "
+            "replica can answer (a Consistency-Token ahead of them all, or no healthy replica)."
+        ),
+    ] = 3
     read_pool_acquire_timeout: Annotated[
         Seconds, Meta(description="Seconds a query waits for a read connection; then it gets a 503.")
     ] = 1.0
@@ -240,10 +264,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     ] = 0
 
     def __post_init__(self) -> None:
-        for name in ("database_url", "write_database_url", "read_database_url"):
+        for name in ("database_url", "write_database_url"):
             url = getattr(self, name)
             if url is not None:
                 _check_postgres_url(name.upper(), url)
+        for url in self.read_host_urls:
+            _check_postgres_url("READ_DATABASE_URL", url)
         if self.database_url is None and (self.write_database_url is None) != (self.read_database_url is None):
             raise ConfigError("set DATABASE_URL, or both WRITE_DATABASE_URL and READ_DATABASE_URL")
         if self.read_pool_min_size > self.read_pool_max_size:
@@ -284,6 +310,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
         return _require(self.read_database_url or self.database_url, "READ_DATABASE_URL or DATABASE_URL")
 
     @property
+    def read_host_urls(self) -> list[str]:
+        """READ_DATABASE_URL with one host each: a libpq multi-host URL names several (replicas)."""
+        return [] if self.read_database_url is None else split_hosts(self.read_database_url)
+
+    @property
     def write_sqlalchemy_url(self) -> str:
         """The write URL in SQLAlchemy's form, for the asyncpg dialect."""
         return sqlalchemy_url(self.write_url)
@@ -302,6 +333,13 @@ def asyncpg_dsn(url: str) -> str:
 def sqlalchemy_url(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg"))
+
+
+def split_hosts(url: str) -> list[str]:
+    """``postgresql://u:p@h1:5432,h2:5433/db?x=y`` as one URL per host, each keeping the rest."""
+    parts = urlsplit(url)
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    return [urlunsplit(parts._replace(netloc=f"{credentials}{at}{host}")) for host in hosts.split(",")]
 
 
 def _check_postgres_url(variable: str, url: str) -> None:

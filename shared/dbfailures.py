@@ -51,7 +51,8 @@ BROKEN_LINKS = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, a
 
 @dataclass(frozen=True)
 class PoolNames:
-    """How a 503 names a pool and the settings an operator would look at."""
+    """How a 503 names a pool and the settings an operator would look at, and the pool's label in
+    the metrics (written here, never derived from its name)."""
 
     pool: str
     url: str
@@ -59,15 +60,16 @@ class PoolNames:
     acquire_timeout: str
     max_waiting: str
     statement_timeout: str
+    label: str
 
 
 READ = PoolNames(
     "read pool", "READ_DATABASE_URL or DATABASE_URL", "READ_POOL_MAX_SIZE", "READ_POOL_ACQUIRE_TIMEOUT",
-    "READ_POOL_MAX_WAITING", "READ_STATEMENT_TIMEOUT_MS",
+    "READ_POOL_MAX_WAITING", "READ_STATEMENT_TIMEOUT_MS", "read",
 )  # fmt: skip
 WRITE = PoolNames(
     "write pool", "WRITE_DATABASE_URL or DATABASE_URL", "WRITE_POOL_SIZE + WRITE_POOL_MAX_OVERFLOW",
-    "WRITE_POOL_TIMEOUT", "WRITE_POOL_MAX_WAITING", "WRITE_STATEMENT_TIMEOUT_MS",
+    "WRITE_POOL_TIMEOUT", "WRITE_POOL_MAX_WAITING", "WRITE_STATEMENT_TIMEOUT_MS", "write",
 )  # fmt: skip
 
 

@@ -22,6 +22,9 @@ class MalformedJson(ApiError): ...
 class BadCursor(ApiError): ...
 
 
+class BadConsistencyToken(ApiError): ...
+
+
 # 401
 class Unauthenticated(ApiError):
     headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012
@@ -115,6 +118,7 @@ class ProblemKind(NamedTuple):
 PROBLEMS: dict[type[ApiError], ProblemKind] = {
     MalformedJson: ProblemKind(400, "Malformed JSON", "/problems/malformed-json"),
     BadCursor: ProblemKind(400, "Bad cursor", "/problems/bad-cursor"),
+    BadConsistencyToken: ProblemKind(400, "Bad consistency token", "/problems/bad-consistency-token"),
     Unauthenticated: ProblemKind(401, "Missing or invalid bearer token", "/problems/unauthenticated"),
     NotFound: ProblemKind(404, "Not found", "/problems/not-found"),
     MethodNotAllowed: ProblemKind(405, "Method not allowed", "/problems/method-not-allowed"),

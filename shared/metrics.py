@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.dbfailures import READ, WRITE, PoolNames
+from shared.dbfailures import PoolNames
 from shared.openapi import operation
 from shared.routing import route_template
 
@@ -87,6 +87,30 @@ POOL_TIMEOUTS = Counter(
     ["pool"],
     registry=REGISTRY,
 )
+# With streaming replicas (reads.replicas), labelled replica="replica-1", "replica-2"... in READ_DATABASE_URL's
+# order, never by host. Each worker watches the replicas itself: across workers the lag is the largest
+# any worker sees, and a replica counts as healthy only while every worker finds it so.
+REPLICA_LAG_SECONDS = Gauge(
+    "db_replica_lag_seconds",
+    "How old the newest data a replica lacks is (0: it has replayed the primary's last position)",
+    ["replica"],
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
+REPLICA_HEALTHY = Gauge(
+    "db_replica_healthy",
+    "1 while a replica serves queries: reachable, a standby, and within READ_REPLICA_MAX_LAG_MS",
+    ["replica"],
+    registry=REGISTRY,
+    multiprocess_mode="livemin",
+)
+READS_ROUTED = Counter(
+    "db_reads_routed",
+    "Requests by the database that answered their queries: replica, waited (a replica, after waiting for it to"
+    " replay past the request's Consistency-Token), or primary",
+    ["route"],
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests answered", ["method", "route", "status"], registry=REGISTRY)
 HTTP_REQUEST_SECONDS = Histogram(
     "http_request_duration_seconds",
@@ -96,8 +120,6 @@ HTTP_REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
-# Label values are written, not derived from the pools' names.
-POOL_LABELS: dict[PoolNames, str] = {WRITE: "write", READ: "read"}
 # A path no route matched is one label, never the raw path, so a scanner cannot grow the series.
 UNMATCHED = "unmatched"
 # Any token is a valid HTTP method; the rest share one label for the same reason.
@@ -120,7 +142,7 @@ class PoolSeries:
 def pool_series(names: PoolNames) -> PoolSeries:
     """The series of the pool ``names``, made when a process opens that pool: a process with one
     role exports only its own pool's series."""
-    label = POOL_LABELS[names]
+    label = names.label
     return PoolSeries(
         size=POOL_SIZE.labels(label),
         in_use=POOL_IN_USE.labels(label),
@@ -141,7 +163,7 @@ def _pools(scope: Scope) -> Iterable[Pool]:
 
 def publish_sizes(pools: Iterable[Pool]) -> None:
     for pool in pools:
-        POOL_SIZE.labels(POOL_LABELS[pool.names]).set(pool.size())
+        POOL_SIZE.labels(pool.names.label).set(pool.size())
 
 
 # Connections open and close inside the drivers, which offer no hook here, and not only during

@@ -157,6 +157,13 @@ HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "string",
         "pattern": r'^(\*|"[0-9]{1,10}"([ \t]*,[ \t]*"[0-9]{1,10}")*)$',
     },
+    # shared.consistency.decode_token: what a command's response carried; any other value is a 400.
+    "Consistency-Token": {
+        "type": "string",
+        "pattern": r"^1\.[0-9a-f]{16}$",
+        "description": "Opaque: the Consistency-Token of a command's response. The answer is then never "
+        "older than that command.",
+    },
 }
 
 # Query parameters whose Struct type says less than the service checks.

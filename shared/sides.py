@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from starlette.requests import Request
 from starlette.routing import BaseRoute
@@ -38,6 +38,14 @@ class Pool(Protocol):
 
     def size(self) -> int:
         """Connections open now."""
+
+
+@runtime_checkable
+class Degradable(Protocol):
+    """A pool that can serve at reduced capacity while it answers (the read side with replicas)."""
+
+    def degraded(self) -> list[str]:
+        """What serves less than it could, in words for /readyz: empty when nothing."""
 
 
 @dataclass(frozen=True)

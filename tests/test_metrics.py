@@ -34,6 +34,10 @@ SERIES = {
     "db_pool_timeouts",  # the family of db_pool_timeouts_total
     "http_requests",  # of http_requests_total
     "http_request_duration_seconds",
+    # With replicas only (tests/reads/test_replicas.py); without, the families are there, with no samples.
+    "db_replica_lag_seconds",
+    "db_replica_healthy",
+    "db_reads_routed",  # of db_reads_routed_total
 }
 POOL_SAMPLES = ["db_pool_size", "db_pool_in_use", "db_pool_max", "db_pool_waiting", "db_pool_timeouts_total"]
 ORDER = "/v1/orders/{id}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 import uuid
@@ -15,15 +16,17 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar, cast
 
+import asyncpg
 import sqlalchemy.exc
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool
 from starlette.requests import Request
 
 from shared.config import Settings
+from shared.consistency import lsn_from_text
 from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
 from shared.errors import ApiError
 from shared.logs import SlowStatements
@@ -34,6 +37,8 @@ from shared.sides import resources
 from writes import idempotency
 
 T = TypeVar("T")
+
+log = logging.getLogger("orders_api.database")
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
@@ -84,6 +89,8 @@ class WritePool:
         # Views are built from objects after commit; expiring them would force a lazy reload.
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.purger: asyncio.Task[None] | None = None
+        # Queries may read a replica only when the read side has its own database.
+        self.marks_commits = settings.read_database_url is not None
 
     @classmethod
     async def open(cls, settings: Settings, *, purge_every: float = idempotency.PURGE_EVERY) -> WritePool:
@@ -125,10 +132,24 @@ class WritePool:
         rolled back when it raises. It is retried whole on a serialization failure or deadlock,
         and the database's ways of failing (``shared.dbfailures``) become 503s a client can retry.
         ``shed=False`` waits its turn even when the queue is full (the readiness probe)."""
+        result, _ = await self._run(work, shed=shed, mark=False)
+        return result
+
+    async def run_marked(self, work: Callable[[AsyncSession], Awaitable[T]]) -> tuple[T, int | None]:
+        """``run``, and where the primary's WAL stood right after the commit (``shared.consistency``)
+        when queries may read replicas (READ_DATABASE_URL set); else None, at no cost."""
+        return await self._run(work, shed=True, mark=self.marks_commits)
+
+    async def _run(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, shed: bool, mark: bool
+    ) -> tuple[T, int | None]:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with self.gate.slot(self.timeout, shed=shed), self.sessions.begin() as session:
-                    return await work(session)
+                async with self.gate.slot(self.timeout, shed=shed), self.engine.connect() as connection:
+                    async with self.sessions(bind=connection) as session, session.begin():
+                        result = await work(session)
+                    # Committed. The position is read on the same connection, after the commit.
+                    return result, await _wal_position(connection) if mark else None
             except sqlalchemy.exc.TimeoutError:
                 raise exhausted(WRITE, self.timeout) from None
             except (DBAPIError, OSError, TimeoutError) as exc:
@@ -178,6 +199,23 @@ def _log_slow_statements(engine: AsyncEngine, threshold_ms: int) -> None:
 
 
 STATEMENT_STARTED = "orders_api.statement_started"
+
+# The insert position is past every record already written, the commit's included (the write and
+# flush positions may trail it when synchronous_commit is off).
+WAL_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
+
+
+async def _wal_position(connection: AsyncConnection) -> int | None:
+    """The primary's WAL position, on the driver directly: one round trip, no transaction (the
+    ORM's connection would send BEGIN first). The command has committed whatever happens here, so
+    a failure costs its response the token, never a 503 that would invite a second commit."""
+    try:
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert isinstance(driver, asyncpg.Connection)
+        return lsn_from_text(await driver.fetchval(WAL_POSITION))
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("write pool: the commit's WAL position could not be read: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 async def _select_one(session: AsyncSession) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared import consistency
 from shared.auth import bearer_token
 from shared.errors import NotJson
 from shared.http import ENCODER, decode_json, etag, is_json, read_body
@@ -83,8 +84,12 @@ async def execute(
             await idempotency.store_response(session, claim, response)
         return response, False
 
-    stored, replayed = await write_pool(request).run(unit_of_work)
-    headers = {**stored.headers, "Idempotent-Replayed": "true"} if replayed else stored.headers
+    (stored, replayed), position = await write_pool(request).run_marked(unit_of_work)
+    headers = {**stored.headers, "Idempotent-Replayed": "true"} if replayed else dict(stored.headers)
+    if position is not None:
+        # Not stored with the key: a replay carries where the WAL stands now, which is past the
+        # first answer's commit too.
+        headers[consistency.HEADER] = consistency.encode_token(position)
     return Response(stored.body, status_code=stored.status, headers=headers, media_type="application/json")
 
 

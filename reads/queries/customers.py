@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reads.db import ReadPool
+from reads.db import Reader
 from reads.queries import instant
 from shared.dto import CustomerDetail
 
@@ -25,5 +25,5 @@ CUSTOMER_DETAIL = f"""
 """  # noqa: S608 - composed of constants only; every value is a bound parameter
 
 
-async def customer_detail(pool: ReadPool, customer_id: int) -> CustomerDetail | None:
-    return await pool.find(CUSTOMER_DETAIL, CustomerDetail, customer_id)
+async def customer_detail(reader: Reader, customer_id: int) -> CustomerDetail | None:
+    return await reader.find(CUSTOMER_DETAIL, CustomerDetail, customer_id)

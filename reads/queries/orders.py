@@ -6,7 +6,7 @@ import functools
 from collections.abc import AsyncIterator
 
 from reads.cursor import decode_cursor, page_of
-from reads.db import ReadPool
+from reads.db import Reader
 from reads.params import OrderFilters, OrderListing
 from reads.queries import instant
 from shared.dto import Id, Instant, OrderSummary, OrderView, Page, require_utc_representable
@@ -34,8 +34,8 @@ ORDER_BY_ID = f"""
 """  # noqa: S608 - composed of constants only; every value is a bound parameter
 
 
-async def order_by_id(pool: ReadPool, order_id: int) -> OrderView | None:
-    return await pool.find(ORDER_BY_ID, OrderView, order_id)
+async def order_by_id(reader: Reader, order_id: int) -> OrderView | None:
+    return await reader.find(ORDER_BY_ID, OrderView, order_id)
 
 
 # Qualified where an output column shares the name: ORDER BY orders.created_at is the column (and
@@ -90,11 +90,11 @@ def order_page_sql(filters: tuple[bool, ...], after: bool) -> str:
 """  # noqa: S608 - composed of constants only; every value is a bound parameter
 
 
-async def order_page(pool: ReadPool, params: OrderListing) -> Page[OrderSummary]:
+async def order_page(reader: Reader, params: OrderListing) -> Page[OrderSummary]:
     bound_to = ("orders", *params.values())
     after_at, after_id = (None, None) if params.cursor is None else after_row(params.cursor, bound_to)
     sql = order_page_sql(present(params.values()), params.cursor is not None)
-    rows = await pool.fetch(sql, list[OrderSummary], *params.values(), after_at, after_id, params.limit + 1)
+    rows = await reader.fetch(sql, list[OrderSummary], *params.values(), after_at, after_id, params.limit + 1)
     return page_of(rows, params.limit, lambda order: (order.created_at, order.id), bound_to=bound_to)
 
 
@@ -128,7 +128,7 @@ def export_batch_sql(filters: tuple[bool, ...]) -> str:
 
 
 async def order_batches(
-    pool: ReadPool, filters: OrderFilters, *, later_wait: float, batch_size: int = EXPORT_BATCH_SIZE
+    reader: Reader, filters: OrderFilters, *, later_wait: float, batch_size: int = EXPORT_BATCH_SIZE
 ) -> AsyncIterator[list[OrderSummary]]:
     """The filtered orders by id, in batches; a connection is held for one batch's query only.
 
@@ -136,13 +136,13 @@ async def order_batches(
     connection is back in the pool, and memory holds one batch however many orders match. The
     first batch waits for a connection as any query does; the later ones up to ``later_wait``
     (``READ_EXPORT_WAIT``), and are never turned away by a full queue, because by then the
-    response has begun.
+    response has begun. ``reader`` answers every batch from one database (``reads.routing``).
     """
     sql, after, wait = export_batch_sql(present(filters.values())), 0, None
     while True:
         # Replanned: how many orders a filter matches decides between walking the primary key and
         # sorting the filter's matches, which a generic plan cannot know (one more round trip a batch).
-        batch = await pool.fetch(
+        batch = await reader.fetch(
             sql, list[OrderSummary], *filters.values(), after, batch_size, wait=wait, shed=wait is None, replan=True
         )
         if not batch:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from reads.cursor import decode_cursor, page_of
-from reads.db import ReadPool
+from reads.db import Reader
 from reads.params import ProductSearch
 from reads.queries import instant
 from shared.dto import Id, Page, ProductView
@@ -25,8 +25,8 @@ PRODUCT_BY_ID = f"""
 """  # noqa: S608 - composed of constants only; every value is a bound parameter
 
 
-async def product_by_id(pool: ReadPool, product_id: int) -> ProductView | None:
-    return await pool.find(PRODUCT_BY_ID, ProductView, product_id)
+async def product_by_id(reader: Reader, product_id: int) -> ProductView | None:
+    return await reader.find(PRODUCT_BY_ID, ProductView, product_id)
 
 
 # $1 is a LIKE pattern with its wildcards escaped (see like_pattern); keyset on the primary key. A
@@ -49,14 +49,14 @@ def product_search_sql(matching: bool, after: bool) -> str:
 """  # noqa: S608 - composed of constants only; every value is a bound parameter
 
 
-async def product_search(pool: ReadPool, params: ProductSearch) -> Page[ProductView]:
+async def product_search(reader: Reader, params: ProductSearch) -> Page[ProductView]:
     bound_to = ("products", params.q)
     after = None if params.cursor is None else decode_cursor(params.cursor, Id, bound_to=bound_to)
     pattern = None if params.q is None else like_pattern(params.q)
     sql = product_search_sql(pattern is not None, after is not None)
     # A pattern is replanned: a rare one is served by the trigram indexes, a common one by walking
     # the primary key until the page is full, and a generic plan cannot tell them apart.
-    rows = await pool.fetch(sql, list[ProductView], pattern, after, params.limit + 1, replan=pattern is not None)
+    rows = await reader.fetch(sql, list[ProductView], pattern, after, params.limit + 1, replan=pattern is not None)
     return page_of(rows, params.limit, lambda product: product.id, bound_to=bound_to)
 
 

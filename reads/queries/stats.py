@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reads.db import ReadPool
+from reads.db import Reader
 from reads.params import RevenueWindow, TopProductsWindow
 from shared.dto import RevenueReport, TopProductsReport
 
@@ -31,8 +31,8 @@ DAILY_REVENUE = """
 """
 
 
-async def daily_revenue(pool: ReadPool, window: RevenueWindow) -> RevenueReport:
-    return await pool.fetch(DAILY_REVENUE, RevenueReport, window.days)
+async def daily_revenue(reader: Reader, window: RevenueWindow) -> RevenueReport:
+    return await reader.fetch(DAILY_REVENUE, RevenueReport, window.days)
 
 
 # The same window as DAILY_REVENUE; line revenue is what the customer paid (the captured price).
@@ -58,5 +58,5 @@ TOP_PRODUCTS = """
 """
 
 
-async def top_products(pool: ReadPool, window: TopProductsWindow) -> TopProductsReport:
-    return await pool.fetch(TOP_PRODUCTS, TopProductsReport, window.days, window.limit)
+async def top_products(reader: Reader, window: TopProductsWindow) -> TopProductsReport:
+    return await reader.fetch(TOP_PRODUCTS, TopProductsReport, window.days, window.limit)

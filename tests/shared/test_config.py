@@ -22,6 +22,8 @@ def test_defaults_match_the_configuration_table() -> None:
         1.0,
     )
     assert settings.read_pool_max_inactive_lifetime == 300
+    assert (settings.read_replica_max_lag_ms, settings.read_consistency_wait_ms) == (5000, 50)
+    assert settings.read_primary_pool_max_size == 3
     assert (settings.read_statement_cache_size, settings.read_statement_timeout_ms) == (256, 2000)
     assert settings.pgbouncer is False
     assert settings.write_api_tokens == settings.read_api_tokens == ()
@@ -97,6 +99,36 @@ def test_per_side_urls_override_database_url() -> None:
     )
     assert settings.write_url == "postgresql://u@primary/orders"
     assert settings.read_url == "postgresql://u@replica/orders"
+    assert settings.read_host_urls == ["postgresql://u@replica/orders"]
+
+
+def test_a_multi_host_read_url_is_one_url_per_replica_in_its_order() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://u@primary/orders",
+            "READ_DATABASE_URL": "postgresql://u:p%40ss@replica1:5432,replica2,10.0.0.3:5434/orders?sslmode=require",
+        }
+    )
+    assert settings.read_host_urls == [
+        "postgresql://u:p%40ss@replica1:5432/orders?sslmode=require",
+        "postgresql://u:p%40ss@replica2/orders?sslmode=require",
+        "postgresql://u:p%40ss@10.0.0.3:5434/orders?sslmode=require",
+    ]
+    assert Settings.from_env({"DATABASE_URL": "postgresql://u@primary/orders"}).read_host_urls == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@replica1:5432,replica2:abc/orders",
+        "postgresql://u@replica1:5432,replica2:99999/orders",
+        "postgresql://u@replica1,replica2",
+        "mysql://u@replica1,replica2/orders",
+    ],
+)
+def test_an_invalid_multi_host_read_url_is_refused_naming_read_database_url(url: str) -> None:
+    with pytest.raises(ConfigError, match="READ_DATABASE_URL"):
+        Settings.from_env({"DATABASE_URL": "postgresql://u@primary/orders", "READ_DATABASE_URL": url})
 
 
 def test_unknown_pool_variables_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,180 @@
+"""Which database answers a request's queries: a streaming replica, or the primary.
+
+GitLab's database load balancing is the model. With replicas (``reads.replicas``) the read side's pool
+is ``Replicas``, which chooses per request:
+
+- With a ``Consistency-Token`` (``shared.consistency``): a replica that has replayed past the token's
+  position; else one that gets there within READ_CONSISTENCY_WAIT_MS; else the primary.
+- Without one: the least busy replica within READ_REPLICA_MAX_LAG_MS; else the primary.
+- A replica that fails the request's first query (unreachable, connection lost, pool exhausted,
+  statement timeout, a recovery conflict) is set aside until the monitor finds it well again, and the
+  query runs on the primary: a client sees an answer, not a 503.
+
+One database answers every query of a request: an export reads all its batches from one.
+
+When READ_DATABASE_URL names one database that is not a standby (the primary itself, PgBouncer in
+front of it) or is unset, the read side is one ``ReadPool``, always current: a token is checked and
+needs nothing more.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, TypeVar
+
+from starlette.requests import Request
+
+from reads.db import Database, Reader, ReadPool
+from reads.replicas import Monitor, Probe, Replica, is_standby
+from shared.config import Settings, asyncpg_dsn
+from shared.consistency import HEADER, decode_token
+from shared.dbfailures import PoolNames
+from shared.errors import ServiceUnavailable
+from shared.metrics import READS_ROUTED
+from shared.sides import Pool, resources
+
+T = TypeVar("T")
+
+Route = Literal["replica", "waited", "primary"]
+
+# The primary's read pool with replicas: it keeps the read pool's metric label.
+PRIMARY = PoolNames(
+    "read pool (primary)", "WRITE_DATABASE_URL or DATABASE_URL", "READ_PRIMARY_POOL_MAX_SIZE",
+    "READ_POOL_ACQUIRE_TIMEOUT", "READ_POOL_MAX_WAITING", "READ_STATEMENT_TIMEOUT_MS", "read",
+)  # fmt: skip
+
+
+async def open_read_side(settings: Settings) -> Pool:
+    """The read side's pool: ``Replicas`` when READ_DATABASE_URL names streaming replicas (several
+    hosts, or one in recovery), else one ``ReadPool``."""
+    urls = settings.read_host_urls
+    if len(urls) == 1 and not await is_standby(settings, asyncpg_dsn(urls[0])):
+        urls = []
+    return await Replicas.open(settings, urls) if urls else await ReadPool.open(settings)
+
+
+async def reader(request: Request) -> Reader:
+    """The database this request reads, by its ``Consistency-Token`` when it sends one: a malformed
+    token is a 400 before anything is read."""
+    token = request.headers.get(HEADER)
+    position = None if token is None else decode_token(token)
+    pool = resources(request).pools["reads"]
+    if isinstance(pool, Replicas):
+        return await pool.reader(position)
+    assert isinstance(pool, ReadPool)
+    return pool
+
+
+class Replicas:
+    """The read side's pool with replicas. To /readyz and the metrics it is the primary's read pool,
+    which must answer; a replica that does not only degrades the service (``degraded``)."""
+
+    def __init__(self, primary: ReadPool, replicas: Sequence[Replica], settings: Settings) -> None:
+        self.primary = primary
+        self.replicas = replicas
+        self.names = primary.names
+        self.timeout = primary.timeout
+        self.consistency_wait = settings.read_consistency_wait_ms / 1000
+        self.monitor = Monitor(Probe("primary", primary.database.dsn, settings), replicas)
+        self._turns = itertools.count()
+        self.routed = {route: READS_ROUTED.labels(route) for route in ("replica", "waited", "primary")}
+
+    @classmethod
+    async def open(cls, settings: Settings, urls: Sequence[str]) -> Replicas:
+        """The primary's read pool (unreachable, it stops start-up), a pool per replica (unreachable,
+        the replica starts out of service and the monitor retries), and the monitor, after a first round."""
+        size = settings.read_primary_pool_max_size
+        primary = Database(asyncpg_dsn(settings.write_url), PRIMARY, min(settings.read_pool_min_size, size), size)
+        pool = await ReadPool.open(settings, primary)
+        replicas = cls(pool, [Replica(n, url, settings) for n, url in enumerate(urls, 1)], settings)
+        try:
+            for replica in replicas.replicas:
+                await replica.open_pool()
+            await replicas.monitor.probe()
+        except BaseException:
+            await replicas.close()
+            raise
+        replicas.monitor.start()
+        return replicas
+
+    async def reader(self, position: int | None) -> Reader:
+        if position is None:
+            return Routed(self, self._least_busy([r for r in self.replicas if r.fresh]), "replica")
+        found = self._past(position)
+        if found is not None:
+            return Routed(self, found, "replica")
+        if self.consistency_wait and any(replica.in_service for replica in self.replicas):
+            found = await self.monitor.wait_for(lambda: self._past(position), self.consistency_wait)
+            if found is not None:
+                return Routed(self, found, "waited")
+        return Routed(self, None, "primary")
+
+    def _past(self, position: int) -> Replica | None:
+        wal_page = self.monitor.wal_page
+        return self._least_busy([r for r in self.replicas if r.has_replayed(position, wal_page)])
+
+    def _least_busy(self, candidates: list[Replica]) -> Replica | None:
+        if not candidates:
+            return None
+        # min() keeps the first of equals: starting each choice one further on spreads ties (idle
+        # pools, the usual case) round-robin.
+        start = next(self._turns) % len(candidates)
+        return min(candidates[start:] + candidates[:start], key=Replica.load)
+
+    def degraded(self) -> list[str]:
+        return [condition for replica in self.replicas if (condition := replica.condition()) is not None]
+
+    async def ping(self) -> None:
+        await self.primary.ping()
+
+    async def schema_revision(self) -> str | None:
+        return await self.primary.schema_revision()
+
+    def size(self) -> int:
+        return self.primary.size()
+
+    async def close(self) -> None:
+        await self.monitor.stop()
+        for replica in self.replicas:
+            await replica.close()
+        await self.primary.close()
+
+
+class Routed:
+    """A request's ``Reader``: the chosen replica (None: the primary). When the replica fails the
+    first query, the primary answers it, within its own acquire timeout; whichever answered the first
+    query answers the rest, so an export's batches all come from one database."""
+
+    def __init__(self, replicas: Replicas, replica: Replica | None, route: Route) -> None:
+        self.replicas = replicas
+        self.replica = replica
+        # A replica in service always has its pool (``Replica.problem``); the primary is the fallback.
+        self.pool = replicas.primary if replica is None or replica.pool is None else replica.pool
+        self.route: Route = route if replica is not None else "primary"
+        self.answered = False
+
+    async def find(
+        self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
+    ) -> T | None:
+        return await self._answer(lambda pool: pool.find(sql, view, *args, wait=wait, shed=shed, replan=replan))
+
+    async def fetch(
+        self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
+    ) -> T:
+        return await self._answer(lambda pool: pool.fetch(sql, view, *args, wait=wait, shed=shed, replan=replan))
+
+    async def _answer(self, query: Callable[[ReadPool], Awaitable[T]]) -> T:
+        if self.answered:
+            return await query(self.pool)
+        try:
+            answer = await query(self.pool)
+        except ServiceUnavailable as exc:
+            if self.replica is None:
+                raise
+            self.replica.set_aside(exc)
+            self.replica, self.pool, self.route = None, self.replicas.primary, "primary"
+            answer = await query(self.pool)
+        self.answered = True
+        self.replicas.routed[self.route].inc()
+        return answer

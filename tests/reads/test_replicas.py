@@ -1,0 +1,374 @@
+"""Reads from streaming replicas, on a real hot standby (tests/replica.py): a query with a command's
+Consistency-Token always sees the command, one without may read a replica that has not replayed it
+yet, a replica that stops or lags is set aside (reads go on from the primary, /readyz and /metrics
+name it), and a malformed token is a 400 that reads nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from reads.db import ReadPool
+from reads.replicas import LONG_PAGE_HEADER, covers, lag
+from reads.routing import Replicas
+from shared.app import create_app
+from shared.config import Settings
+from shared.consistency import HEADER, encode_token
+from tests.reads.test_export import insert_orders
+from tests.replica import Standby
+from tests.support import AUTH, WRITE_TOKEN, eventually, running_client
+from tests.test_metrics import Scrape, scrape
+
+DELAY_MS = 1500  # the standby's recovery_min_apply_delay while a test needs it behind
+_serial = itertools.count(1)
+
+
+def replica_url(standby: Standby, database_url: str, *, hosts: int = 1) -> str:
+    """This run's database on the standby; ``hosts`` > 1 names it that many times, libpq's multi-host form."""
+    url = standby.url(urlsplit(database_url).path.lstrip("/"))
+    parts = urlsplit(url)
+    credentials, at, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{credentials}{at}{','.join([host] * hosts)}"))
+
+
+def replica_settings(database_url: str, read_database_url: str, **changes: Any) -> Settings:
+    return Settings(
+        database_url=database_url,
+        read_database_url=read_database_url,
+        write_api_tokens=(WRITE_TOKEN,),
+        read_pool_min_size=1,
+        **changes,
+    )
+
+
+@pytest.fixture
+def caught_up(standby: Standby, database_url: str) -> Standby:
+    """The standby, with everything the primary has (the emptied tables included)."""
+    standby.wait_caught_up(database_url)
+    return standby
+
+
+@pytest.fixture
+def delayed(caught_up: Standby, replay_delay: Callable[[int], None]) -> Standby:
+    """The standby, caught up, then replaying every commit ``DELAY_MS`` late (on time after the test)."""
+    replay_delay(DELAY_MS)
+    return caught_up
+
+
+@asynccontextmanager
+async def replica_client(settings: Settings) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+    app = create_app(settings)
+    async with running_client(app) as client:
+        assert isinstance(app.state.resources.pools["reads"], Replicas)
+        yield app, client
+
+
+def replicas_of(app: Starlette) -> Replicas:
+    pool = app.state.resources.pools["reads"]
+    assert isinstance(pool, Replicas)
+    return pool
+
+
+async def command(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
+    response = await client.post(path, json=body, headers=AUTH)
+    assert response.status_code in (200, 201), response.text
+    assert HEADER in response.headers, "with READ_DATABASE_URL set every command carries a token"
+    return response
+
+
+async def customer_and_product(client: httpx.AsyncClient) -> tuple[int, int]:
+    n = next(_serial)
+    customer = await command(client, "/v1/customers", {"email": f"replica{n}@example.com", "name": "Ada"})
+    product = {"sku": f"REPLICA-{n}", "name": "Widget", "price_cents": 1000, "stock": 1000}
+    return customer.json()["id"], (await command(client, "/v1/products", product)).json()["id"]
+
+
+async def place_order(client: httpx.AsyncClient, customer_id: int, product_id: int) -> httpx.Response:
+    body = {"customer_id": customer_id, "items": [{"product_id": product_id, "quantity": 1}]}
+    return await command(client, "/v1/orders", body)
+
+
+def with_token(response: httpx.Response) -> dict[str, str]:
+    return {HEADER: response.headers[HEADER]}
+
+
+def routed(found: Scrape, route: str) -> float:
+    return found("db_reads_routed_total", route=route)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], within: float) -> None:
+    """``eventually`` for a condition that needs a request."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not so within {within} s")
+        await asyncio.sleep(0.02)
+
+
+# --- read-your-writes --------------------------------------------------------------------------------
+
+
+async def test_a_query_with_the_commands_token_always_sees_the_command(database_url: str, delayed: Standby) -> None:
+    # The replica replays 1.5 s late and a query waits 50 ms for it: the primary answers.
+    settings = replica_settings(database_url, replica_url(delayed, database_url))
+    async with replica_client(settings) as (_, client):
+        customer_id, product_id = await customer_and_product(client)
+        before = await scrape(client)
+        for _ in range(5):
+            placed = await place_order(client, customer_id, product_id)
+            read = await client.get(f"/v1/orders/{placed.json()['id']}", headers=with_token(placed))
+            assert read.status_code == 200, read.text
+            assert read.json() == placed.json()
+        after = await scrape(client)
+    assert routed(after, "primary") - routed(before, "primary") == 5
+
+
+async def test_a_query_that_may_wait_longer_than_the_replay_delay_is_answered_by_the_replica(
+    database_url: str, delayed: Standby
+) -> None:
+    wait_ms = DELAY_MS + 3000
+    settings = replica_settings(database_url, replica_url(delayed, database_url), read_consistency_wait_ms=wait_ms)
+    async with replica_client(settings) as (_, client):
+        before = await scrape(client)
+        for n in range(2):
+            email = f"waits{n}-{next(_serial)}@example.com"
+            created = await command(client, "/v1/customers", {"email": email, "name": "Ada"})
+            read = await client.get(f"/v1/customers/{created.json()['id']}", headers=with_token(created))
+            assert read.status_code == 200, read.text
+            assert read.json()["email"] == email
+        after = await scrape(client)
+    assert routed(after, "waited") - routed(before, "waited") == 2
+    assert routed(after, "primary") == routed(before, "primary")
+
+
+async def test_without_the_token_a_query_may_read_the_replica_before_it_has_the_command(
+    database_url: str, delayed: Standby
+) -> None:
+    settings = replica_settings(database_url, replica_url(delayed, database_url))
+    async with replica_client(settings) as (_, client):
+        customer_id, product_id = await customer_and_product(client)
+        placed = await place_order(client, customer_id, product_id)
+        path = f"/v1/orders/{placed.json()['id']}"
+        stale = await client.get(path)
+        current = await client.get(path, headers=with_token(placed))
+
+        async def replayed() -> bool:
+            return (await client.get(path)).status_code == 200
+
+        await until(replayed, within=DELAY_MS / 1000 + 10)  # and it is stale only for a while
+
+    assert stale.status_code == 404, "the replica had not replayed the order yet: the token does the work"
+    assert current.status_code == 200
+
+
+async def test_an_export_reads_every_batch_from_one_database(
+    database_url: str, delayed: Standby, db: asyncpg.Connection
+) -> None:
+    await insert_orders(db, 2500)  # three batches
+    await asyncio.to_thread(delayed.wait_caught_up, database_url)
+    settings = replica_settings(database_url, replica_url(delayed, database_url))
+    async with replica_client(settings) as (_, client):
+        customer_id, product_id = await customer_and_product(client)
+        placed = await place_order(client, customer_id, product_id)
+        replica = await client.get("/v1/exports/orders")
+        primary = await client.get("/v1/exports/orders", headers=with_token(placed))
+    assert (replica.status_code, primary.status_code) == (200, 200)
+    assert len(replica.text.splitlines()) == 2500  # the replica's, whole: without the order just placed
+    assert len(primary.text.splitlines()) == 2501
+
+
+# --- tokens --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["nonsense", "1.", "2.00000000000000ff", "1.00000000000000FF", "1.0" * 9])
+async def test_a_malformed_token_is_a_400_problem_that_reads_nothing(
+    database_url: str, caught_up: Standby, token: str
+) -> None:
+    settings = replica_settings(database_url, replica_url(caught_up, database_url))
+    async with replica_client(settings) as (_, client):
+        before = await scrape(client)
+        response = await client.get("/v1/orders", headers={HEADER: token})
+        after = await scrape(client)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == "/problems/bad-consistency-token"
+    assert HEADER in response.json()["detail"]
+    for pool in ("read", "read-replica-1"):
+        assert after("db_pool_acquire_seconds_count", pool=pool) == before("db_pool_acquire_seconds_count", pool=pool)
+    for route in ("replica", "waited", "primary"):
+        assert routed(after, route) == routed(before, route)
+
+
+async def test_without_replicas_a_token_is_checked_and_otherwise_needs_nothing(database_url: str) -> None:
+    # READ_DATABASE_URL naming the primary itself (or PgBouncer in front of it): one read pool, always current.
+    settings = replica_settings(database_url, database_url)
+    app = create_app(settings)
+    async with running_client(app) as client:
+        assert isinstance(app.state.resources.pools["reads"], ReadPool)
+        created = await command(client, "/v1/customers", {"email": "plain@example.com", "name": "Ada"})
+        read = await client.get(f"/v1/customers/{created.json()['id']}", headers=with_token(created))
+        far_ahead = await client.get("/v1/orders", headers={HEADER: encode_token(2**63)})
+        malformed = await client.get("/v1/orders", headers={HEADER: "nonsense"})
+    assert read.status_code == 200
+    assert far_ahead.status_code == 200
+    assert malformed.status_code == 400
+
+
+# --- a replica out of service --------------------------------------------------------------------------
+
+
+async def test_reads_go_on_from_the_primary_while_the_replica_stops_and_is_down(
+    database_url: str, caught_up: Standby
+) -> None:
+    settings = replica_settings(database_url, replica_url(caught_up, database_url), read_pool_acquire_timeout=1.0)
+    statuses: Counter[int] = Counter()
+    slowest = 0.0
+    async with replica_client(settings) as (app, client):
+        customer_id, product_id = await customer_and_product(client)
+        placed = await place_order(client, customer_id, product_id)
+        urls = [f"/v1/orders/{placed.json()['id']}", "/v1/orders", f"/v1/customers/{customer_id}", "/v1/exports/orders"]
+        replica = replicas_of(app).replicas[0]
+        assert replica.fresh
+
+        async def read(url: str) -> None:
+            nonlocal slowest
+            started = time.monotonic()
+            response = await client.get(url)
+            slowest = max(slowest, time.monotonic() - started)
+            statuses[response.status_code] += 1
+
+        # Reads all along: while the replica shuts down (its backends terminated under them) and after.
+        stopping = asyncio.create_task(asyncio.to_thread(caught_up.stop))
+        try:
+            down_since = None
+            for _ in range(2000):  # bounded: the stop takes seconds at most, then half a second more
+                await asyncio.gather(*(read(url) for url in urls * 2))
+                if stopping.done():
+                    down_since = down_since or time.monotonic()
+                    if time.monotonic() - down_since > 0.5:  # a few of the monitor's rounds
+                        break
+            await stopping
+            ready = await client.get("/readyz")
+        finally:
+            await asyncio.to_thread(caught_up.start)
+        await eventually(lambda: replica.fresh, within=30)  # back in service once it answers again
+        back = await scrape(client)
+        await client.get("/v1/orders")
+        served = await scrape(client)
+
+    assert set(statuses) == {200}, statuses
+    assert slowest < settings.read_pool_acquire_timeout + 2.0  # the primary answered within its acquire timeout
+    assert ready.status_code == 200, ready.text
+    assert ready.text == "ready; degraded: replica-1 unreachable"
+    assert routed(served, "replica") == routed(back, "replica") + 1
+
+
+async def test_a_replica_unreachable_at_start_up_is_out_of_service_not_fatal(
+    database_url: str, caught_up: Standby
+) -> None:
+    standby_url = replica_url(caught_up, database_url)
+    parts = urlsplit(standby_url)
+    # Port 1 on this host: nothing listens, so a connection is refused at once.
+    credentials, at, host = parts.netloc.rpartition("@")
+    two = urlunsplit(parts._replace(netloc=f"{credentials}{at}{host},127.0.0.1:1"))
+    async with replica_client(replica_settings(database_url, two)) as (_, client):
+        ready = await client.get("/readyz")
+        reads = [await client.get("/v1/orders") for _ in range(4)]
+        found = await scrape(client)
+    assert ready.status_code == 200
+    assert ready.text == "ready; degraded: replica-2 unreachable", ready.text
+    assert [read.status_code for read in reads] == [200] * 4
+    assert found("db_replica_healthy", replica="replica-1") == 1
+    assert found("db_replica_healthy", replica="replica-2") == 0
+
+
+# --- visibility ----------------------------------------------------------------------------------------
+
+
+async def test_metrics_and_readyz_show_each_replicas_lag_health_routes_and_pool(
+    database_url: str, delayed: Standby
+) -> None:
+    settings = replica_settings(
+        database_url, replica_url(delayed, database_url, hosts=2), read_replica_max_lag_ms=300, read_pool_max_size=4
+    )
+    async with replica_client(settings) as (_, client):
+        before = await scrape(client)
+        created = await command(client, "/v1/customers", {"email": "lag@example.com", "name": "Ada"})
+        await client.get("/v1/orders")  # a replica: it has not lagged 300 ms yet
+        await client.get(f"/v1/customers/{created.json()['id']}", headers=with_token(created))  # the primary
+        lagging: list[httpx.Response] = []
+
+        async def reported_lagging() -> bool:
+            lagging.append(await client.get("/readyz"))
+            return "replica-1 lagging" in lagging[-1].text
+
+        await until(reported_lagging, within=DELAY_MS / 1000 + 5)
+        behind = await scrape(client)
+
+        async def caught_up_again() -> bool:
+            return (await client.get("/readyz")).text == "ready"
+
+        await until(caught_up_again, within=DELAY_MS / 1000 + 10)
+        after = await scrape(client)
+
+    assert lagging[-1].status_code == 200
+    assert lagging[-1].text.startswith("ready; degraded: replica-1 lagging ")
+    assert "(READ_REPLICA_MAX_LAG_MS=300)" in lagging[-1].text
+    assert behind("db_replica_lag_seconds", replica="replica-1") > 0.3
+    assert behind("db_replica_healthy", replica="replica-1") == 0
+    for replica in ("replica-1", "replica-2"):
+        assert after("db_replica_lag_seconds", replica=replica) == 0
+        assert after("db_replica_healthy", replica=replica) == 1
+    assert routed(after, "replica") > routed(before, "replica")
+    assert routed(after, "primary") > routed(before, "primary")
+    for pool, size in (("read-replica-1", 4), ("read-replica-2", 4), ("read", settings.read_primary_pool_max_size)):
+        assert after("db_pool_max", pool=pool) == size
+        assert after("db_pool_size", pool=pool) >= 1
+        assert ("db_pool_timeouts_total", frozenset({("pool", pool)})) in after.samples
+
+
+# --- the parts that need no server ---------------------------------------------------------------------
+
+PAGE = 8192
+
+
+@pytest.mark.parametrize(
+    ("replayed", "position", "expected"),
+    [
+        (1000, 1000, True),
+        (1001, 1000, True),
+        (999, 1000, False),
+        # At a page boundary the primary's insert position is past the next page's header.
+        (3 * PAGE, 3 * PAGE + 24, True),
+        (3 * PAGE, 3 * PAGE + LONG_PAGE_HEADER, True),
+        (3 * PAGE, 3 * PAGE + LONG_PAGE_HEADER + 8, False),
+        (3 * PAGE - 8, 3 * PAGE + 24, False),
+    ],
+)
+def test_a_replay_position_covers_a_position_up_to_the_next_pages_header(
+    replayed: int, position: int, expected: bool
+) -> None:
+    assert covers(replayed, position, PAGE) is expected
+
+
+def test_lag_is_how_long_ago_the_primary_stood_where_the_replica_stands() -> None:
+    history = [(100.0, 10), (100.2, 10), (100.4, 50), (100.6, 90)]
+    assert lag(history, 90, 600.0, 100.7, PAGE) == 0
+    assert lag(history, 50, 600.0, 100.7, PAGE) == pytest.approx(0.3)
+    # A quiet primary: the replica's last commit is old, but it lacks only what came after 100.2.
+    assert lag(history, 10, 600.0, 100.7, PAGE) == pytest.approx(0.5)
+    # Behind all the history holds: the age of its last replayed commit, or at least the history's span.
+    assert lag(history, 5, 600.0, 100.7, PAGE) == 600.0
+    assert lag(history, 5, 0.1, 100.7, PAGE) == pytest.approx(0.7)
+    assert lag([], 5, 0.1, 100.7, PAGE) == 0.1
