@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # In the order they run: reads before the writes add orders, the stats last (they grow the table).
-SCENARIOS = ("query-layer", "http-reads", "writes", "isolation", "bulk", "stats")
+SCENARIOS = ("query-layer", "http-reads", "writes", "isolation", "bulk", "replicas", "stats")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ FULL = Sizes(
     seconds=5.0,
     rounds=2,
     calls=2_000,
-    bulk_orders=20_000,
+    bulk_orders=50_000,
 )
 SMOKE = Sizes(
     customers=200, products=50, orders=2_000, more_orders=4_000, seconds=1.0, rounds=1, calls=50, bulk_orders=200

@@ -17,7 +17,7 @@ from bench import report
 from bench.core import FULL, SCENARIOS, SMOKE, Context, Measurement
 from bench.database import scratch_database, seed
 from bench.profile import Profile, require_py_spy
-from bench.scenarios import bulk, http_reads, isolation, query_layer, stats, writes
+from bench.scenarios import bulk, http_reads, isolation, query_layer, replicas, stats, writes
 from bench.servers import SERVICE_SETTINGS
 from bench.wrk import require_wrk
 from shared.config import Settings
@@ -66,7 +66,8 @@ def run_scenarios(
             found, profiles[name] = writes.run(ctx)
             measurements += found
         else:
-            measurements += {"isolation": isolation.run, "bulk": bulk.run, "stats": stats.run}[name](ctx)
+            scenario = {"isolation": isolation.run, "bulk": bulk.run, "replicas": replicas.run, "stats": stats.run}
+            measurements += scenario[name](ctx)
         say(f"scenario {name}: {time.monotonic() - started:.0f} s")
     return measurements, profiles
 
