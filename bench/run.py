@@ -1,6 +1,6 @@
 """One benchmark run, from scratch: a fresh embedded PostgreSQL, seeded, every scenario in turn,
-the report. Scenarios run in an order that keeps each one's data what it says: reads before the
-writes add orders, the stats last because they grow the table tenfold."""
+the report. Scenarios run in an order that keeps each one's data what it says (``SCENARIOS``): the
+reads and the stats on the seeded orders, then the stats grow the table tenfold for the rest."""
 
 from __future__ import annotations
 
