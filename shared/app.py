@@ -73,6 +73,8 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
         Route("/metrics", metrics, methods=["GET"]),
     ]
     served = [route for side in sides for route in side.routes]
+    # The router tries routes in order, a regex match each: the queries, the hot path, go first.
+    queries_first = [route for side in sorted(sides, key=lambda side: side.role != "reads") for route in side.routes]
     elsewhere = [not_served(route, side.role) for side in ALL_SIDES if side not in sides for route in side.routes]
     # Built once, from the routes this process serves. Commands always need a token; queries only
     # when READ_API_TOKENS is set.
@@ -80,8 +82,7 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
     openapi = build_openapi([*operations, *served], title="orders-api", version=VERSION, secured=secured)
     return Starlette(
         # A path both sides serve (GET and POST /v1/orders) is one route, so a 405 lists every method.
-        # The router tries routes in order, a regex match each: the queries, the hot path, go first.
-        routes=by_path(sorted([*served, *elsewhere, *operations], key=lambda route: route not in reads.routes.ROUTES)),
+        routes=by_path([*queries_first, *elsewhere, *operations]),
         lifespan=lifespan,
         # RequestLog first: outermost, it gives every request its id before anything else logs, and
         # answers (and logs, once) any exception the others let through.
