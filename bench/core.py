@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,5 +75,5 @@ def quantile_ms(sorted_seconds: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank) of sorted latencies in seconds, in milliseconds; 0 for none."""
     if not sorted_seconds:
         return 0.0
-    rank = min(len(sorted_seconds) - 1, max(0, round(q * len(sorted_seconds)) - 1))
+    rank = max(math.ceil(q * len(sorted_seconds)) - 1, 0)
     return sorted_seconds[rank] * 1000

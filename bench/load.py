@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from bench.core import Measurement, quantile_ms
+
 ACCEPTED = frozenset({200, 201, 409})  # 409: the domain said no (out of stock), an answer all the same
 REJECTED = 503
 
@@ -97,3 +99,18 @@ async def post_orders(
         await asyncio.gather(*(load.client(http, number, deadline, answers) for number, http in enumerate(https)))
         answers.seconds = time.perf_counter() - started
     return answers
+
+
+def accepted(scenario: str, case: str, contender: str, runs: list[Answers]) -> Measurement:
+    """The accepted commands of ``runs`` pooled: their rate over the runs' time, and their latency."""
+    latencies = sorted(t for answers in runs for t in answers.latencies(ACCEPTED))
+    return Measurement(
+        scenario=scenario,
+        case=case,
+        contender=contender,
+        rate=len(latencies) / sum(answers.seconds for answers in runs),
+        p50_ms=quantile_ms(latencies, 0.5),
+        p99_ms=quantile_ms(latencies, 0.99),
+        count=len(latencies),
+        errors=sum(answers.errors() for answers in runs),
+    )

@@ -74,7 +74,6 @@ def targets(ms: list[Measurement], pool_size: int) -> list[Target]:
             keyed >= 0.85 * plain,
         )
     )
-    case = next(m.case for m in ms if m.scenario == "bulk")
     bulk = {m.contender: m.rate for m in ms if m.scenario == "bulk"}
     found.append(ratio_target("import ÷ ORM add_all", 10, bulk["import command (COPY)"], bulk["ORM add_all"]))
     found.append(ratio_target("import ÷ bare COPY", 0.8, bulk["import command (COPY)"], bulk["bare asyncpg COPY"]))
@@ -96,7 +95,6 @@ def targets(ms: list[Measurement], pool_size: int) -> list[Target]:
         found.append(
             Target(f"isolation, {setup}: read p99 loaded ÷ alone", f"≤ {bound}×", f"{value:.2f}×", value <= bound)
         )
-    del case
     return found
 
 

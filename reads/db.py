@@ -177,8 +177,9 @@ class ReadPool:
             await self._release(connection)
 
     async def _release(self, connection: Any) -> None:
-        # Release runs the pool's reset query, which fails on a connection that died; the pool has
-        # then closed it, and the request's own outcome (a result, or its error) stands.
+        # Release fails on a connection that died (asyncpg checks it and rolls back a transaction
+        # left open); the pool has then closed it, and the request's own outcome (a result, or its
+        # error) stands.
         try:
             await self.pool.release(connection)
         except Exception as exc:

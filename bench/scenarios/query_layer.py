@@ -20,7 +20,6 @@ side's own conversions; the page is cut and its cursor sealed by the same ``page
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import defaultdict
@@ -35,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.interfaces import ORMOption
 
-from bench.core import Context, Measurement, Sizes
+from bench.core import Context, Measurement, Sizes, quantile_ms
 from reads.cursor import page_of
 from reads.db import ReadPool
 from reads.params import OrderListing
@@ -251,13 +250,8 @@ def measurement(case: str, contender: str, nanoseconds: Sequence[int]) -> Measur
         case=case,
         contender=contender,
         rate=len(ordered) / seconds,
-        p50_ms=percentile(ordered, 0.50),
-        p99_ms=percentile(ordered, 0.99),
+        p50_ms=quantile_ms([ns / 1e9 for ns in ordered], 0.50),
+        p99_ms=quantile_ms([ns / 1e9 for ns in ordered], 0.99),
         count=len(ordered),
         extra={"mean_ms": seconds * 1e3 / len(ordered)},
     )
-
-
-def percentile(ordered: Sequence[int], fraction: float) -> float:
-    """The nearest-rank percentile of sorted nanoseconds, in milliseconds."""
-    return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)] / 1e6

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from bench.core import Context, Measurement, quantile_ms
-from bench.load import ACCEPTED, Answers, post_orders, random_order
+from bench.core import Context, Measurement
+from bench.load import Answers, accepted, post_orders, random_order
 from bench.servers import Server, serve_service
 from bench.standby import Standby
 from bench.wrk import WrkResult, pooled, wrk
@@ -73,7 +73,7 @@ def run(ctx: Context) -> list[Measurement]:
             replace(m, extra={"answered_by_replica": by_replica}) if m.contender == WITH_REPLICA else m
             for m in read_rows
         ),
-        *(commands(setup, runs, pool_size) for setup, runs in writes.items()),
+        *(accepted(SCENARIO, f"POST /v1/orders, {pool_size} clients", setup, runs) for setup, runs in writes.items()),
     ]
 
 
@@ -88,17 +88,3 @@ def routed_to_replicas(url: str) -> float:
 
 
 REPLICA_SERIES = 'db_reads_routed_total{route="replica"}'
-
-
-def commands(setup: str, runs: list[Answers], clients: int) -> Measurement:
-    accepted = sorted(t for answers in runs for t in answers.latencies(ACCEPTED))
-    return Measurement(
-        scenario=SCENARIO,
-        case=f"POST /v1/orders, {clients} clients",
-        contender=setup,
-        rate=len(accepted) / sum(answers.seconds for answers in runs),
-        p50_ms=quantile_ms(accepted, 0.5),
-        p99_ms=quantile_ms(accepted, 0.99),
-        count=len(accepted),
-        errors=sum(answers.errors() for answers in runs),
-    )

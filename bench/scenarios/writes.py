@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 
 from bench.core import Context, Measurement, quantile_ms
-from bench.load import ACCEPTED, REJECTED, Answers, post_orders, random_order
+from bench.load import REJECTED, Answers, accepted, post_orders, random_order
 from bench.profile import Profile, record
-from bench.servers import serve_service
+from bench.servers import Server, serve_service
 from shared.config import Settings
 
 SCENARIO = "writes"
@@ -31,22 +32,23 @@ class InvariantBroken(AssertionError):
 def run(ctx: Context) -> tuple[list[Measurement], Profile]:
     pool_size = Settings(database_url=ctx.database_url).write_pool_size
     runs: dict[tuple[str, int], list[Answers]] = defaultdict(list)
-    rejected_in_server: dict[tuple[str, int], list[float]] = defaultdict(list)
+    refusals: dict[tuple[str, int], list[float]] = defaultdict(list)  # each 503's time inside the server
+
+    def measure(label: str, server: Server, clients: int, keyed: bool, honour_retry_after: bool = True) -> None:
+        logged = server.log.stat().st_size
+        runs[label, clients].append(checked(ctx, server.url, clients=clients, keyed=keyed, honour=honour_retry_after))
+        refusals[label, clients] += refusal_seconds(server.log, logged)
+
     # The JSON access log (about 10 µs a request) gives each refusal's time inside the server.
     with serve_service(ctx, workers=1, ACCESS_LOG="json") as server:
         for _ in range(ctx.sizes.rounds):
             for keyed in (False, True):
                 for clients in (pool_size, CLIENTS):
-                    label = "Idempotency-Key" if keyed else "no key"
-                    logged = server.log.stat().st_size
-                    runs[label, clients].append(checked(ctx, server.url, clients=clients, keyed=keyed))
-                    rejected_in_server[label, clients] += refusal_seconds(server.log, logged)
-        runs["no key, Retry-After ignored", CLIENTS].append(
-            checked(ctx, server.url, clients=CLIENTS, keyed=False, honour_retry_after=False)
-        )
+                    measure("Idempotency-Key" if keyed else "no key", server, clients, keyed)
+        measure("no key, Retry-After ignored", server, CLIENTS, keyed=False, honour_retry_after=False)
         profile = profiled(ctx, server.pid, server.url)
     return [
-        measurement(label, clients, answers, sorted(rejected_in_server[label, clients]))
+        measurement(label, clients, answers, sorted(refusals[label, clients]))
         for (label, clients), answers in runs.items()
     ], profile
 
@@ -59,7 +61,7 @@ def refusal_seconds(log: Path, offset: int) -> list[float]:
     return [entry["duration_ms"] / 1000 for entry in entries if entry["status"] == REJECTED]
 
 
-def checked(ctx: Context, url: str, *, clients: int, keyed: bool, honour_retry_after: bool = True) -> Answers:
+def checked(ctx: Context, url: str, *, clients: int, keyed: bool, honour: bool) -> Answers:
     async def load_and_check() -> Answers:
         before = await snapshot(ctx.database_url)
         body = random_order(ctx.sizes.customers, ctx.sizes.products)
@@ -70,7 +72,7 @@ def checked(ctx: Context, url: str, *, clients: int, keyed: bool, honour_retry_a
             clients=clients,
             seconds=ctx.sizes.seconds,
             keyed=keyed,
-            honour_retry_after=honour_retry_after,
+            honour_retry_after=honour,
         )
         await check_stock(ctx.database_url, before, answers)
         return answers
@@ -132,19 +134,13 @@ async def check_stock(url: str, before: tuple[int, dict[int, int]], answers: Ans
 
 
 def measurement(label: str, clients: int, runs: list[Answers], rejected_in_server: list[float]) -> Measurement:
-    seconds = sum(answers.seconds for answers in runs)
-    accepted = sorted(t for answers in runs for t in answers.latencies(ACCEPTED))
+    """The accepted commands (``bench.load.accepted``), and the refused ones as seen by the clients
+    and inside the server."""
     rejected = sorted(t for answers in runs for t in answers.latencies(frozenset({REJECTED})))
-    answered = len(accepted) + len(rejected)
-    return Measurement(
-        scenario=SCENARIO,
-        case=label,
-        contender=f"{clients} clients",
-        rate=len(accepted) / seconds,
-        p50_ms=quantile_ms(accepted, 0.5),
-        p99_ms=quantile_ms(accepted, 0.99),
-        count=len(accepted),
-        errors=sum(answers.errors() for answers in runs),
+    found = accepted(SCENARIO, label, f"{clients} clients", runs)
+    answered = found.count + len(rejected)
+    return replace(
+        found,
         extra={
             "rejected": len(rejected),
             "rejected_share": len(rejected) / answered if answered else 0.0,
