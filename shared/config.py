@@ -95,6 +95,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
             '100 ms of queue: a client hears "busy" at once instead of after WRITE_POOL_TIMEOUT.'
         ),
     ] = 10
+    read_model_stripes: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=64,
+            description="Rows each UTC day's sales total is spread over. Every paying command of a day adds to that "
+            "day's total; a command adds to the stripe of its database connection, so up to this many commit at "
+            "once instead of queueing on one row lock. Reads sum the stripes, so it may change at any time.",
+        ),
+    ] = 8
 
     read_pool_min_size: Annotated[
         NonNegativeInt, Meta(description="Read connections opened at start-up and kept (asyncpg min_size).")

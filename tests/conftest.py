@@ -20,10 +20,11 @@ from shared import embedded
 from shared.app import create_app
 from shared.config import Settings, asyncpg_dsn
 from shared.schema import upgrade_to_head
+from tests.reads.factories import Shop
 from tests.replica import replay_delay, standby  # noqa: F401  (fixtures: a streaming standby)
 from tests.support import WRITE_TOKEN, running_client
 
-TABLES = "order_items, orders, products, customers, idempotency_keys"
+TABLES = "sales_daily, product_sales_daily, customer_totals, order_items, orders, products, customers, idempotency_keys"
 
 
 def with_database(url: str, database: str) -> str:
@@ -108,6 +109,12 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@pytest.fixture
+def shop(client: httpx.AsyncClient, db: asyncpg.Connection) -> Shop:
+    """Rows made through the commands (``tests.reads.factories``)."""
+    return Shop(client, db)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from shared.pools import Gate
 from shared.roles import write_session
 from shared.schema import CURRENT_REVISION_SQL
 from shared.sides import resources
-from writes import idempotency
+from writes import idempotency, readmodels
 
 T = TypeVar("T")
 
@@ -87,7 +87,9 @@ class WritePool:
             max_waiting=settings.write_pool_max_waiting,
         )
         # Views are built from objects after commit; expiring them would force a lazy reload.
-        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.sessions = async_sessionmaker(
+            engine, expire_on_commit=False, info={readmodels.STRIPES: settings.read_model_stripes}
+        )
         self.purger: asyncio.Task[None] | None = None
         # Queries may read a replica only when the read side has its own database.
         self.marks_commits = settings.read_database_url is not None

@@ -6,11 +6,12 @@ once, not a hidden query (which under asyncio would fail anyway, later and less 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -156,3 +157,43 @@ class IdempotencyKey(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     created_at: Mapped[datetime] = _now()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+# --- read models ------------------------------------------------------------------------------------
+# Aggregates the query side reads instead of scanning orders, kept in step by the commands in their
+# own transactions (``writes.readmodels``). Each holds sums only: every change is an atomic
+# increment, so none has a CHECK that a partial sum stays non-negative (a stripe may go below zero
+# when an order is paid on one connection and cancelled on another; the day's sum cannot).
+
+
+class SalesDaily(Base):
+    """Paid and shipped orders and their revenue per UTC day of ``created_at``, in a few stripes
+    per day: every paying command of a day adds to that day, and one row would serialize them."""
+
+    __tablename__ = "sales_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    stripe: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    orders: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    revenue_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class ProductSalesDaily(Base):
+    """Units and revenue (at the captured prices) of paid and shipped orders per product per UTC day."""
+
+    __tablename__ = "product_sales_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("products.id"), primary_key=True)
+    units: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    revenue_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class CustomerTotals(Base):
+    """A customer's orders of any status, and the lifetime value of the paid and shipped ones."""
+
+    __tablename__ = "customer_totals"
+
+    customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id"), primary_key=True)
+    order_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    lifetime_value_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -1,4 +1,10 @@
-"""Daily revenue and top products over a window of whole UTC days ending today."""
+"""Daily revenue and top products over a window of whole UTC days ending today.
+
+Both read only the read models (``sales_daily``, ``product_sales_daily``), which the commands keep
+in step (``writes.readmodels``): their cost follows the window's days and the products sold in
+them, not the number of orders. Their answers equal the on-the-fly sums over orders they replaced,
+which the tests keep as the oracle (``bench/oracle.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,19 @@ from reads.db import Reader
 from reads.params import RevenueWindow, TopProductsWindow
 from shared.dto import RevenueReport, TopProductsReport
 
-# generate_series supplies every day, so a day without orders is a zero row, not a gap. The window
-# is [start of the first UTC day, start of tomorrow): a range on ix_orders_status_created_at_id.
+# generate_series supplies every day, so a day without sales is a zero row, not a gap. A day's
+# stripes are summed; a day whose sales were all taken back (cancelled) sums to zero.
 DAILY_REVENUE = """
     WITH window_days AS (
         SELECT (now() AT TIME ZONE 'UTC')::date - n AS day, n
         FROM generate_series(0, $1::int - 1) AS n
     ),
     totals AS (
-        SELECT (created_at AT TIME ZONE 'UTC')::date AS day, count(*) AS orders, sum(total_cents) AS revenue_cents
-        FROM orders
-        WHERE status IN ('paid', 'shipped')
-          AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                            - make_interval(days => $1::int - 1)
-          AND created_at < date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 day'
-        GROUP BY 1
+        SELECT day, sum(orders) AS orders, sum(revenue_cents) AS revenue_cents
+        FROM sales_daily
+        WHERE day > (now() AT TIME ZONE 'UTC')::date - $1::int
+          AND day <= (now() AT TIME ZONE 'UTC')::date
+        GROUP BY day
     )
     SELECT json_build_object('days', json_agg(json_build_object(
                'day', to_char(d.day, 'YYYY-MM-DD'),
@@ -35,25 +39,25 @@ async def daily_revenue(reader: Reader, window: RevenueWindow) -> RevenueReport:
     return await reader.fetch(DAILY_REVENUE, RevenueReport, window.days)
 
 
-# The same window as DAILY_REVENUE; line revenue is what the customer paid (the captured price).
+# The same window as DAILY_REVENUE; revenue is what customers paid (the captured prices). A product
+# whose every sale in the window was taken back has units 0 there, and is not a top product.
 TOP_PRODUCTS = """
     SELECT json_build_object(
                'products', coalesce(json_agg(top ORDER BY top.revenue_cents DESC, top.product_id), '[]')
            )::text
     FROM (
-        SELECT p.id AS product_id, p.sku, p.name,
-               sum(i.quantity)::bigint AS units,
-               sum(i.quantity::bigint * i.unit_price_cents)::bigint AS revenue_cents
-        FROM orders o
-        JOIN order_items i ON i.order_id = o.id
-        JOIN products p ON p.id = i.product_id
-        WHERE o.status IN ('paid', 'shipped')
-          AND o.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                              - make_interval(days => $1::int - 1)
-          AND o.created_at < date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 day'
-        GROUP BY p.id
-        ORDER BY revenue_cents DESC, p.id
-        LIMIT $2
+        SELECT p.id AS product_id, p.sku, p.name, sold.units, sold.revenue_cents
+        FROM (
+            SELECT product_id, sum(units)::bigint AS units, sum(revenue_cents)::bigint AS revenue_cents
+            FROM product_sales_daily
+            WHERE day > (now() AT TIME ZONE 'UTC')::date - $1::int
+              AND day <= (now() AT TIME ZONE 'UTC')::date
+            GROUP BY product_id
+            HAVING sum(units) > 0
+            ORDER BY revenue_cents DESC, product_id
+            LIMIT $2
+        ) sold
+        JOIN products p ON p.id = sold.product_id
     ) top
 """
 

@@ -60,5 +60,9 @@ class Shop:
         return await self._command(f"/v1/orders/{order_id}/cancel")
 
     async def backdate(self, order_id: int, created_at: datetime) -> None:
-        """SQL, because no command places an order in the past."""
-        await self.db.execute("UPDATE orders SET created_at = $2 WHERE id = $1", order_id, created_at)
+        """SQL, because no command places an order in the past. Only while the order is pending:
+        paying it counts its sale on its day in the read models, which a later move would leave behind."""
+        status = await self.db.execute(
+            "UPDATE orders SET created_at = $2 WHERE id = $1 AND status = 'pending'", order_id, created_at
+        )
+        assert status == "UPDATE 1", f"backdate order {order_id} before paying or cancelling it"

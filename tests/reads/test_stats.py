@@ -1,7 +1,8 @@
 """Daily revenue and top products over whole UTC days ending today, paid and shipped orders only.
 
 Orders are placed, paid and shipped through the commands; only their day is set with SQL
-(``Shop.backdate``), because no command places an order in the past.
+(``Shop.backdate``, while pending), because no command places an order in the past. Paying one
+then counts it on that day in the read models the stats read.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ def at(day: date, hour: int = 12, *, microsecond: int = 0) -> datetime:
 
 async def order_on(shop: Shop, customer: Body, lines: list[tuple[int, int]], when: datetime, status: str) -> Body:
     order = await shop.order(customer["id"], lines)
+    await shop.backdate(order["id"], when)
     if status in ("paid", "shipped", "cancelled"):
         order = await shop.pay(order["id"])
     if status == "shipped":
         order = await shop.ship(order["id"])
     if status == "cancelled":
         order = await shop.cancel(order["id"])
-    await shop.backdate(order["id"], when)
     return order
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol, cast
+from typing import NamedTuple, NoReturn, Protocol, cast
 
 from sqlalchemy import BigInteger, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -12,6 +12,7 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from shared.dto import OrderCustomer, OrderItemView, OrderStatus, OrderView, PlaceOrder
 from shared.errors import InsufficientStock, InvalidInput, InvalidTransition, NotFound, VersionMismatch
+from writes import readmodels
 from writes.models import Customer, Order, OrderItem, Product
 
 
@@ -65,25 +66,31 @@ async def place_order(command: PlaceOrder, session: AsyncSession) -> OrderView:
     session.add(order)
     # The INSERT returns id, version and both timestamps: the view shows what the row holds.
     await session.flush()
+    await readmodels.record_placed(session, command.customer_id)
     return order_view(order)
 
 
 async def pay_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
     await change_status(session, order_id, if_match, PAY)
-    return order_view(await load_order(session, order_id))
+    order = await load_order(session, order_id)
+    await readmodels.record(session, readmodels.PAID, [order_id])
+    return order_view(order)
 
 
 async def ship_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
+    # Paid and shipped orders count alike in every read model: shipping changes none of them.
     await change_status(session, order_id, if_match, SHIP)
     return order_view(await load_order(session, order_id))
 
 
 async def cancel_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
-    await change_status(session, order_id, if_match, CANCEL)
+    was = await change_status(session, order_id, if_match, CANCEL)
     order = await load_order(session, order_id)
     returned = {item.product_id: item.quantity for item in order.items}
     await lock_products(session, returned)
     await move_stock(session, returned)
+    if was == "paid":
+        await readmodels.record(session, readmodels.REFUNDED, [order_id])
     return order_view(order)
 
 
@@ -152,23 +159,35 @@ async def move_stock(session: AsyncSession, deltas: dict[int, int]) -> None:
         raise InsufficientStock(f"{short}: not enough in stock")
 
 
-async def change_status(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> None:
+async def change_status(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> OrderStatus:
     """Compare-and-set in one UPDATE: the status (and the version, with If-Match) must still be
-    what the rule allows; when no row matched, ``explain_refusal`` says why."""
-    conditions = [Order.id == order_id, Order.status.in_(rule.sources)]
+    what the rule allows; when no row matched, ``explain_refusal`` says why. Returns the status
+    the order had: a cancel takes a sale back out of the read models only if it was paid."""
+    # The row as this UPDATE changes it, locked first: a pay committed meanwhile is the status
+    # read here (after waiting for it), where RETURNING a subquery would see the statement's
+    # older snapshot. FOR NO KEY UPDATE is the lock the UPDATE takes anyway.
+    current = (
+        select(Order.id, Order.status, Order.version)
+        .where(Order.id == order_id)
+        .with_for_update(key_share=True)
+        .subquery("current")
+    )
+    conditions = [Order.id == current.c.id, current.c.status.in_(rule.sources)]
     if if_match is not None:
-        conditions.append(Order.version.in_(if_match))
+        conditions.append(current.c.version.in_(if_match))
     statement = (
         update(Order)
         .where(*conditions)
         .values(status=rule.target, version=Order.version + 1, updated_at=func.now())
-        .returning(Order.id)
+        .returning(current.c.status)
     )
-    if await session.scalar(statement) is None:
+    was = await session.scalar(statement)
+    if was is None:
         await explain_refusal(session, order_id, if_match, rule)
+    return cast(OrderStatus, was)  # one of rule.sources: the UPDATE matched only those
 
 
-async def explain_refusal(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> None:
+async def explain_refusal(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> NoReturn:
     row = (await session.execute(select(Order.status, Order.version).where(Order.id == order_id))).one_or_none()
     if row is None:
         raise NotFound(f"order {order_id} not found")

@@ -1,0 +1,117 @@
+"""The read models, kept in step by the commands: one statement, in the command's own transaction.
+
+``sales_daily``, ``product_sales_daily`` and ``customer_totals`` (``writes.models``) hold what the
+stats and the customer detail used to sum from orders on every read. A command that changes what
+they count calls ``record`` with the orders it changed (placing one calls ``record_placed``), after
+its own statements and as its last one, so a query right after the command sees its effect, and a
+command that fails changes nothing.
+
+Every change is an increment (``INSERT ... ON CONFLICT DO UPDATE SET x = x + EXCLUDED.x``): no value
+is read and written back, so concurrent commands add up instead of overwriting each other. The
+increments are summed in SQL from the rows the command wrote, so an import of 100 000 orders is
+one set-based statement and a pay is the same statement for one order.
+
+Lock order: the read-model rows are the last rows a command locks, table by table in one order and
+by key within each table, so two commands never wait on each other's read-model rows in a cycle.
+Today's sales row would be locked by every paying command until it commits; each connection adds
+to its own stripe (``pg_backend_pid() % READ_MODEL_STRIPES``) of the day instead. A product's day
+is one row: every order of that product already queues on the product's stock row when placed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import NamedTuple
+
+from sqlalchemy import BigInteger, Boolean, Integer, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+STRIPES = "read_model_stripes"  # the session's info key (``WritePool`` sets it from the settings)
+
+
+class Change(NamedTuple):
+    """What a command did to the orders it names."""
+
+    placed: int  # added to each order's customer's order count
+    sold: int  # +1 adds the orders' sales (units, revenue, lifetime value), -1 takes them back
+    sold_only_if_paid: bool  # only the orders now paid or shipped count as sold (an import's mix)
+
+
+PAID = Change(placed=0, sold=1, sold_only_if_paid=False)
+REFUNDED = Change(placed=0, sold=-1, sold_only_if_paid=False)  # a paid order cancelled
+IMPORTED = Change(placed=1, sold=1, sold_only_if_paid=True)
+
+# Statuses and days are the stats' own: paid and shipped orders, by the UTC day of created_at.
+# The three inserts are unreferenced data-modifying CTEs plus the main statement: one round trip.
+RECORD = text("""
+    WITH changed AS (
+        SELECT id, customer_id, total_cents, (created_at AT TIME ZONE 'UTC')::date AS day,
+               :sold <> 0 AND (NOT :sold_only_if_paid OR status IN ('paid', 'shipped')) AS sold
+          FROM orders
+         WHERE id = ANY(:ids)
+    ),
+    sales AS (
+        INSERT INTO sales_daily AS t (day, stripe, orders, revenue_cents)
+        SELECT day, pg_backend_pid() % :stripes, :sold * count(*), :sold * sum(total_cents)
+          FROM changed
+         WHERE sold
+         GROUP BY day
+         ORDER BY day
+        ON CONFLICT (day, stripe) DO UPDATE
+           SET orders = t.orders + EXCLUDED.orders, revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents
+    ),
+    product_sales AS (
+        INSERT INTO product_sales_daily AS t (day, product_id, units, revenue_cents)
+        SELECT c.day, i.product_id, :sold * sum(i.quantity), :sold * sum(i.quantity::bigint * i.unit_price_cents)
+          FROM changed c
+          JOIN order_items i ON i.order_id = c.id
+         WHERE c.sold
+         GROUP BY c.day, i.product_id
+         ORDER BY c.day, i.product_id
+        ON CONFLICT (day, product_id) DO UPDATE
+           SET units = t.units + EXCLUDED.units, revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents
+    )
+    INSERT INTO customer_totals AS t (customer_id, order_count, lifetime_value_cents)
+    SELECT customer_id, :placed * count(*), :sold * coalesce(sum(total_cents) FILTER (WHERE sold), 0)
+      FROM changed
+     GROUP BY customer_id
+     ORDER BY customer_id
+    ON CONFLICT (customer_id) DO UPDATE
+       SET order_count = t.order_count + EXCLUDED.order_count,
+           lifetime_value_cents = t.lifetime_value_cents + EXCLUDED.lifetime_value_cents
+""").bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("placed", type_=Integer),
+    bindparam("sold", type_=Integer),
+    bindparam("sold_only_if_paid", type_=Boolean),
+    bindparam("stripes", type_=Integer),
+)
+
+
+# A placed order is pending: it only counts for its customer. This is the whole of what placing adds,
+# one round trip of a single-row upsert (RECORD would do the same, planning three more inserts).
+COUNT_PLACED = text("""
+    INSERT INTO customer_totals AS t (customer_id, order_count, lifetime_value_cents)
+    VALUES (:customer_id, 1, 0)
+    ON CONFLICT (customer_id) DO UPDATE SET order_count = t.order_count + 1
+""").bindparams(bindparam("customer_id", type_=BigInteger))
+
+
+async def record_placed(session: AsyncSession, customer_id: int) -> None:
+    """Count an order just placed for ``customer_id``."""
+    await session.execute(COUNT_PLACED, {"customer_id": customer_id})
+
+
+async def record(session: AsyncSession, change: Change, order_ids: Collection[int]) -> None:
+    """Add what ``change`` did to ``order_ids`` (rows this transaction already wrote) to the read models."""
+    await session.execute(
+        RECORD,
+        {
+            "ids": list(order_ids),
+            "placed": change.placed,
+            "sold": change.sold,
+            "sold_only_if_paid": change.sold_only_if_paid,
+            "stripes": session.info[STRIPES],
+        },
+    )
