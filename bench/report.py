@@ -1,5 +1,5 @@
 """The report: markdown with PNG charts (matplotlib), the machine, the versions and every setting,
-and the targets of issue 10 checked against the measurements."""
+and the targets of issues 10 and 12 checked against the measurements."""
 
 from __future__ import annotations
 
@@ -50,6 +50,40 @@ def limit_target(name: str, limit: float, value: float, unit: str) -> Target:
 
 
 def targets(ms: list[Measurement], pool_size: int) -> list[Target]:
+    """The issues' targets whose scenarios ran: issue 10's and issue 12's."""
+    present = {m.scenario for m in ms}
+    found = []
+    if {"http-reads", "writes", "bulk", "isolation"} <= present:
+        found += speed_targets(ms, pool_size)
+    if "stats" in present:
+        found += read_model_targets(ms)
+    return found
+
+
+STATS_ENDPOINTS = ("/v1/stats/revenue/daily", "/v1/stats/products/top", "/v1/customers/{id}")
+
+
+def read_model_targets(ms: list[Measurement]) -> list[Target]:
+    """Issue 12's: each stats endpoint's p99 under 5 ms at both sizes and flat between them (p50 at
+    the larger size at most 1.5x the smaller's), and the read models adding at most 10 % to a
+    place-order (its in-process rate with them against without)."""
+    found: list[Target] = []
+    for endpoint in STATS_ENDPOINTS:
+        runs = [m for m in ms if m.scenario == "stats" and m.case.startswith(f"GET {endpoint} · ")]
+        found += [limit_target(f"{m.case}: p99", 5, m.p99_ms, "ms") for m in runs]
+        if len(runs) == 2:
+            growth = runs[1].p50_ms / runs[0].p50_ms if runs[0].p50_ms else 0.0
+            found.append(Target(f"{endpoint}: p50 as the orders grow", "≤ 1.5×", f"{growth:.2f}×", 0 < growth <= 1.5))
+    places = {m.contender: m.rate for m in ms if m.scenario == "stats" and m.case.startswith("place order")}
+    if len(places) == 2:
+        cost = 1 - places["with read models"] / places["without (record skipped)"]
+        found.append(
+            Target("read models: cost in place-order throughput", "≤ 10 %", f"{cost * 100:.1f} %", cost <= 0.10)
+        )
+    return found
+
+
+def speed_targets(ms: list[Measurement], pool_size: int) -> list[Target]:
     """Issue 10's targets, from the measurements (1 worker for the HTTP reads)."""
     found: list[Target] = []
 
@@ -204,7 +238,7 @@ def write(
         "",
     ]
     if not smoke:
-        lines += ["## Targets (issue 10)", "", "| target | wanted | measured | |", "|---|---|---|---|"]
+        lines += ["## Targets (issues 10 and 12)", "", "| target | wanted | measured | |", "|---|---|---|---|"]
         lines += [
             f"| {t.name} | {t.wanted} | {t.measured} | {'met' if t.met else '**missed**'} |"
             for t in targets(measurements, pool_size)

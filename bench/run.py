@@ -46,7 +46,7 @@ def run_benchmark(out: Path, *, smoke: bool, only: tuple[str, ...], say: Callabl
     intro = introduction(ctx, seeded_in, took, smoke)
     if smoke:
         check_numbers(measurements, only or SCENARIOS)
-    return report.write(out, measurements, profiles, intro, pool_size, smoke=smoke or bool(only))
+    return report.write(out, measurements, profiles, intro, pool_size, smoke=smoke)
 
 
 def run_scenarios(

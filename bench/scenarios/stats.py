@@ -1,25 +1,67 @@
-"""The stats endpoints at two sizes of the orders table (``Sizes.orders`` and ``Sizes.more_orders``,
-reached by importing more demo orders between the two measurements). A dashboard asks these
-questions; the point is how their latency follows the table's size."""
+"""The stats and the read models behind them, at two sizes of the orders table (``Sizes.orders`` and
+``Sizes.more_orders``, reached by importing more demo orders between the two measurements).
+
+At each size:
+- the service's stats and customer-detail endpoints under wrk (they read the read models);
+- the same questions as SQL on one connection in this process, before and after: the on-the-fly
+  sums over orders the read models replaced (``bench.oracle``, the tests' oracle) against the
+  service's read-model queries, alternating round by round. A call of the "before" queries at a
+  million orders takes seconds, so each of its runs stops after ``Sizes.seconds`` (at least one call).
+
+At the first size, what keeping the read models costs the commands, measured in this process on
+``WritePool.run`` with 5 concurrent commands (the default write pool), so HTTP is left out and the
+share is the larger:
+- place and pay with ``writes.readmodels`` recording as it does, and with its recording skipped;
+- pay with today's sales in 8 stripes (the default) and in 1 row (``READ_MODEL_STRIPES=1``), and
+  the same increment of today's row alone, committed by 16 connections at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from functools import partial
+from unittest import mock
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench.core import Context, Measurement
+from bench import oracle
+from bench.core import Context, Measurement, quantile_ms
 from bench.database import add_orders
 from bench.servers import serve_service
 from bench.wrk import pooled, wrk
+from reads.queries.customers import CUSTOMER_DETAIL
+from reads.queries.stats import DAILY_REVENUE, TOP_PRODUCTS
+from shared.config import Settings
+from shared.dto import ImportedLine, ImportedOrder, OrderLine, PlaceOrder
+from writes import readmodels
+from writes.db import WritePool
+from writes.handlers import OrderImport, import_orders, pay_order, place_order
 
 SCENARIO = "stats"
 CONNECTIONS = 4
-ENDPOINTS = ("/v1/stats/revenue/daily?days=30", "/v1/stats/products/top?days=30&limit=10")
+ENDPOINTS = (
+    "/v1/stats/revenue/daily?days=30",
+    "/v1/stats/products/top?days=30&limit=10",
+    "/v1/customers/1",
+)
+# (name, before, after, arguments): the window and limit the endpoints above are asked for.
+QUESTIONS = (
+    ("daily revenue, 30 days", oracle.DAILY_REVENUE, DAILY_REVENUE, (30,)),
+    ("top 10 products, 30 days", oracle.TOP_PRODUCTS, TOP_PRODUCTS, (30, 10)),
+    ("customer detail", oracle.CUSTOMER_DETAIL, CUSTOMER_DETAIL, (1,)),
+)
+CONCURRENCY = 5
+PAYABLE = 30_000  # pending orders of today imported for the pay runs
 
 
 def run(ctx: Context) -> list[Measurement]:
-    measurements = measure(ctx)
+    measurements = measure(ctx) + asyncio.run(command_costs(ctx))
     missing = ctx.sizes.more_orders - asyncio.run(order_count(ctx.database_url))
     if missing > 0:
         add_orders(ctx.database_url, missing)
@@ -28,14 +70,208 @@ def run(ctx: Context) -> list[Measurement]:
 
 def measure(ctx: Context) -> list[Measurement]:
     orders = asyncio.run(order_count(ctx.database_url))
+    size = f"{orders:,} orders".replace(",", " ")
+    measurements = []
     with serve_service(ctx, workers=1) as server:
-        measurements = []
         for path in ENDPOINTS:
             wrk(server.url, path, 1, seconds=1, connections=CONNECTIONS)  # warm-up
             results = [wrk(server.url, path, 1, ctx.sizes.seconds, connections=CONNECTIONS)]
-            case = f"GET {path.partition('?')[0]}"
-            measurements.append(pooled(SCENARIO, case, f"{orders:,} orders".replace(",", " "), results))
+            measurements.append(pooled(SCENARIO, f"GET {path.partition('?')[0]} · {size}", "service", results))
+    return measurements + asyncio.run(before_and_after(ctx, size))
+
+
+async def before_and_after(ctx: Context, size: str) -> list[Measurement]:
+    connection = await asyncpg.connect(ctx.database_url)
+    try:
+        measurements = []
+        for name, before, after, args in QUESTIONS:
+            took: dict[str, list[float]] = {"read models (after)": [], "on the fly (before)": []}
+            for _ in range(ctx.sizes.rounds):
+                for contender, sql in zip(took, (after, before), strict=True):
+                    await connection.fetchval(sql, *args)  # planned and cached before it is timed
+                    took[contender] += await timed_calls(connection, sql, args, ctx.sizes.calls, ctx.sizes.seconds)
+            measurements += [latencies(f"SQL {name} · {size}", contender, t) for contender, t in took.items()]
+    finally:
+        await connection.close()
     return measurements
+
+
+async def timed_calls(
+    connection: asyncpg.Connection, sql: str, args: tuple[object, ...], calls: int, budget: float
+) -> list[float]:
+    """Up to ``calls`` calls, one at a time, stopping once ``budget`` seconds have passed."""
+    took = []
+    deadline = time.perf_counter() + budget
+    for _ in range(calls):
+        started = time.perf_counter()
+        await connection.fetchval(sql, *args)
+        took.append(time.perf_counter() - started)
+        if started > deadline:
+            break
+    return took
+
+
+def latencies(case: str, contender: str, seconds: list[float], wall: float | None = None) -> Measurement:
+    """Calls taken one after another (their rate is one over their mean), or concurrently over
+    ``wall`` seconds (their rate is their count over it)."""
+    ordered = sorted(seconds)
+    return Measurement(
+        scenario=SCENARIO,
+        case=case,
+        contender=contender,
+        rate=len(ordered) / (wall or sum(ordered)),
+        p50_ms=quantile_ms(ordered, 0.5),
+        p99_ms=quantile_ms(ordered, 0.99),
+        count=len(ordered),
+        extra={"mean_ms": sum(ordered) / len(ordered) * 1000},
+    )
+
+
+# --- what the read models cost the commands -------------------------------------------------------
+
+
+async def command_costs(ctx: Context) -> list[Measurement]:
+    customers, products = await demo_ids(ctx.database_url)
+    payable = await pending_orders_of_today(ctx.database_url, customers, products, min(PAYABLE, ctx.sizes.orders))
+    rng = random.Random(7)
+
+    def place(session: AsyncSession) -> Awaitable[object]:
+        lines = [OrderLine(product_id=p, quantity=1) for p in rng.sample(products, k=rng.randint(1, 3))]
+        return place_order(PlaceOrder(customer_id=rng.choice(customers), items=lines), session)
+
+    def pay(session: AsyncSession) -> Awaitable[object]:
+        if not payable:
+            raise RuntimeError("the pay runs used up the pending orders: raise stats.PAYABLE")
+        return pay_order(payable.pop(), None, session)
+
+    runs: dict[tuple[str, str], list[float]] = {}
+    for _ in range(ctx.sizes.rounds):
+        for case, work in (("place order", place), ("pay order", pay)):
+            for contender, recording in (("with read models", True), ("without (record skipped)", False)):
+                with maybe_skipping(recording):
+                    took = await closed_loop(ctx, 8, work, ctx.sizes.seconds)
+                runs.setdefault((f"{case} · {CONCURRENCY} concurrent", contender), []).extend(took)
+        for stripes in (8, 1):
+            label = f"today's sales in {stripes} stripe{'s' if stripes > 1 else ''}"
+            took = await closed_loop(ctx, stripes, pay, ctx.sizes.seconds)
+            runs.setdefault((f"pay order, hot day · {CONCURRENCY} concurrent", label), []).extend(took)
+            took = await hot_row(ctx.database_url, stripes, ctx.sizes.seconds)
+            runs.setdefault((f"today's sales row alone · {HOT_CONNECTIONS} connections", label), []).extend(took)
+    wall = ctx.sizes.seconds * ctx.sizes.rounds
+    return [latencies(case, contender, took, wall) for (case, contender), took in runs.items()]
+
+
+@contextlib.contextmanager
+def maybe_skipping(recording: bool) -> Iterator[None]:
+    """``writes.readmodels`` as it is, or with its recording replaced by no-ops: the commands
+    without their read models (the handlers call these through the module, at call time)."""
+    if recording:
+        yield
+        return
+
+    async def skipped(*_: object) -> None:
+        return None
+
+    with mock.patch.object(readmodels, "record", skipped), mock.patch.object(readmodels, "record_placed", skipped):
+        yield
+
+
+async def closed_loop(
+    ctx: Context, stripes: int, work: Callable[[AsyncSession], Awaitable[object]], seconds: float
+) -> list[float]:
+    """``CONCURRENCY`` tasks running ``work`` through one write pool back to back for ``seconds``."""
+    settings = Settings(database_url=ctx.database_url, read_model_stripes=stripes, write_pool_max_waiting=100)
+    took: list[float] = []
+    async with opened(settings) as pool:
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                await pool.run(work)
+                took.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return took
+
+
+# The pay's increment of today's sales, by itself: what a day's row costs once many processes pay
+# at once (this process's ORM work hides it at 5 commands). Adding 0 locks and rewrites the row
+# like a real pay, and leaves the sums as they are.
+HOT_INCREMENT = """
+    INSERT INTO sales_daily AS t (day, stripe, orders, revenue_cents)
+    VALUES ((now() AT TIME ZONE 'UTC')::date, pg_backend_pid() % $1, 0, 0)
+    ON CONFLICT (day, stripe) DO UPDATE
+       SET orders = t.orders + EXCLUDED.orders, revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents
+"""
+HOT_CONNECTIONS = 16
+
+
+async def hot_row(url: str, stripes: int, seconds: float) -> list[float]:
+    """``HOT_CONNECTIONS`` connections committing ``HOT_INCREMENT`` back to back for ``seconds``."""
+    took: list[float] = []
+    pool = await asyncpg.create_pool(url, min_size=HOT_CONNECTIONS, max_size=HOT_CONNECTIONS)
+    try:
+        deadline = time.perf_counter() + seconds
+
+        async def connection_loop() -> None:
+            async with pool.acquire() as connection:
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    async with connection.transaction():
+                        await connection.execute(HOT_INCREMENT, stripes)
+                    took.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(connection_loop() for _ in range(HOT_CONNECTIONS)))
+    finally:
+        await pool.close()
+    return took
+
+
+@contextlib.asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[WritePool]:
+    pool = await WritePool.open(settings)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def demo_ids(url: str) -> tuple[list[int], list[int]]:
+    connection = await asyncpg.connect(url)
+    try:
+        customers = [row[0] for row in await connection.fetch("SELECT id FROM customers ORDER BY id LIMIT 1000")]
+        products = [row[0] for row in await connection.fetch("SELECT id FROM products WHERE stock > 1000")]
+    finally:
+        await connection.close()
+    return customers, products
+
+
+async def pending_orders_of_today(url: str, customers: list[int], products: list[int], count: int) -> list[int]:
+    """``count`` pending orders placed now, through the import command; their ids, in random order."""
+    rng = random.Random(11)
+    now = datetime.now(UTC)
+    orders = [
+        ImportedOrder(
+            customer_id=rng.choice(customers),
+            status="pending",
+            created_at=now,
+            items=[ImportedLine(product_id=p, quantity=1, unit_price_cents=500) for p in rng.sample(products, k=2)],
+        )
+        for _ in range(count)
+    ]
+    async with opened(Settings(database_url=url)) as pool:
+        await pool.run(partial(import_orders, OrderImport(orders, list(range(1, count + 1)))))
+    connection = await asyncpg.connect(url)
+    try:
+        ids = [
+            row[0]
+            for row in await connection.fetch("SELECT id FROM orders WHERE status = 'pending' AND created_at = $1", now)
+        ]
+    finally:
+        await connection.close()
+    rng.shuffle(ids)
+    return ids
 
 
 async def order_count(url: str) -> int:
