@@ -24,7 +24,7 @@ from tests.reads.factories import Shop
 from tests.replica import replay_delay, standby  # noqa: F401  (fixtures: a streaming standby)
 from tests.support import WRITE_TOKEN, running_client
 
-TABLES = "sales_daily, product_sales_daily, customer_totals, order_items, orders, products, customers, idempotency_keys"
+TABLES = "sales_daily, product_sales, customer_totals, order_items, orders, products, customers, idempotency_keys"
 
 
 def with_database(url: str, database: str) -> str:

@@ -24,6 +24,7 @@ from bench.oracle import CUSTOMER_DETAIL, DAILY_REVENUE, TOP_PRODUCTS, disagreem
 from shared.app import create_app
 from shared.config import Settings, asyncpg_dsn
 from shared.dto import CustomerDetail, RevenueReport, TopProductsReport
+from shared.salesblocks import window_blocks
 from shared.schema import alembic_config, upgrade_to_head
 from tests.reads.factories import Shop
 from tests.support import AUTH, running_client
@@ -71,7 +72,7 @@ async def totals(db: asyncpg.Connection) -> tuple[object, ...]:
     row = await db.fetchrow(
         """SELECT (SELECT coalesce(sum(orders), 0) FROM sales_daily) AS orders,
                   (SELECT coalesce(sum(revenue_cents), 0) FROM sales_daily) AS revenue,
-                  (SELECT coalesce(sum(units), 0) FROM product_sales_daily) AS units,
+                  (SELECT coalesce(sum(units), 0) FROM product_sales WHERE days = 1) AS units,
                   (SELECT coalesce(sum(order_count), 0) FROM customer_totals) AS placed,
                   (SELECT coalesce(sum(lifetime_value_cents), 0) FROM customer_totals) AS value"""
     )
@@ -279,7 +280,7 @@ def test_the_migration_backfills_the_read_models_from_existing_orders(empty_data
 
     assert asyncio.run(_disagreements(empty_database)) == {}
     counts = asyncio.run(_read_model_rows(empty_database))
-    assert counts == (3, 6, 2)  # three days with sales; two products on each; two customers
+    assert counts == (5, 10, 2)  # three days and the two infinite ones with sales; two products each; two customers
 
 
 async def _orders_before_read_models(url: str) -> None:
@@ -292,6 +293,9 @@ async def _orders_before_read_models(url: str) -> None:
                SELECT 1 + n % 2, (ARRAY['pending', 'paid', 'shipped', 'cancelled'])[1 + n % 4], 3, 107 + n,
                       timestamptz '2026-11-20 23:59:59.999999+00' + (n % 3) * interval '1 day' + n * interval '1 us'
                  FROM generate_series(1, 40) AS n;
+               -- rows written by hand at +-infinity: summed on their (infinite) day, in no window
+               INSERT INTO orders (customer_id, status, item_count, total_cents, created_at)
+               VALUES (1, 'paid', 3, 5, 'infinity'), (2, 'shipped', 3, 7, '-infinity');
                INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price_cents)
                SELECT id, line, line, line, 100 + id FROM orders, generate_series(1, 2) AS line;"""
         )
@@ -311,9 +315,24 @@ async def _read_model_rows(url: str) -> tuple[int, ...]:
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         row = await connection.fetchrow(
-            """SELECT (SELECT count(*) FROM sales_daily), (SELECT count(*) FROM product_sales_daily),
+            """SELECT (SELECT count(*) FROM sales_daily), (SELECT count(*) FROM product_sales WHERE days = 1),
                       (SELECT count(*) FROM customer_totals)"""
         )
     finally:
         await connection.close()
     return tuple(row.values())
+
+
+# --- the blocks of days ----------------------------------------------------------------------------
+
+
+async def test_every_window_is_read_from_few_blocks_that_cover_each_of_its_days_once(db: asyncpg.Connection) -> None:
+    today = await db.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    most = 0
+    for days in range(1, 367):
+        blocks = await db.fetch(window_blocks("$1::int"), days)
+        covered = sorted(block["first_day"] + timedelta(n) for block in blocks for n in range(block["days"]))
+        assert covered == [today - timedelta(n) for n in reversed(range(days))], days
+        assert all((block["first_day"] - date(1, 1, 1)).days % block["days"] == 0 for block in blocks), days
+        most = max(most, len(blocks))
+    assert most <= 2 * 9  # at most two blocks of each of the 9 lengths

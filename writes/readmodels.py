@@ -1,6 +1,6 @@
 """The read models, kept in step by the commands: one statement, in the command's own transaction.
 
-``sales_daily``, ``product_sales_daily`` and ``customer_totals`` (``writes.models``) hold what the
+``sales_daily``, ``product_sales`` and ``customer_totals`` (``writes.models``) hold what the
 stats and the customer detail used to sum from orders on every read. A command that changes what
 they count calls ``record`` with the orders it changed (placing one calls ``record_placed``), after
 its own statements and as its last one, so a query right after the command sees its effect, and a
@@ -14,8 +14,9 @@ one set-based statement and a pay is the same statement for one order.
 Lock order: the read-model rows are the last rows a command locks, table by table in one order and
 by key within each table, so two commands never wait on each other's read-model rows in a cycle.
 Today's sales row would be locked by every paying command until it commits; each connection adds
-to its own stripe (``pg_backend_pid() % READ_MODEL_STRIPES``) of the day instead. A product's day
-is one row: every order of that product already queues on the product's stock row when placed.
+to its own stripe (``pg_backend_pid() % READ_MODEL_STRIPES``) of the day instead. A product's
+blocks are not striped: every order of that product already queues on the product's stock row
+when placed. A sale goes into the 9 blocks of days holding its day (``shared.salesblocks``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import NamedTuple
 from sqlalchemy import BigInteger, Boolean, Integer, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.salesblocks import blocks_holding
 
 STRIPES = "read_model_stripes"  # the session's info key (``WritePool`` sets it from the settings)
 
@@ -44,7 +47,7 @@ IMPORTED = Change(placed=1, sold=1, sold_only_if_paid=True)
 
 # Statuses and days are the stats' own: paid and shipped orders, by the UTC day of created_at.
 # The three inserts are unreferenced data-modifying CTEs plus the main statement: one round trip.
-RECORD = text("""
+RECORD = text(f"""
     WITH changed AS (
         SELECT id, customer_id, total_cents, (created_at AT TIME ZONE 'UTC')::date AS day,
                :sold <> 0 AND (NOT :sold_only_if_paid OR status IN ('paid', 'shipped')) AS sold
@@ -62,14 +65,16 @@ RECORD = text("""
            SET orders = t.orders + EXCLUDED.orders, revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents
     ),
     product_sales AS (
-        INSERT INTO product_sales_daily AS t (day, product_id, units, revenue_cents)
-        SELECT c.day, i.product_id, :sold * sum(i.quantity), :sold * sum(i.quantity::bigint * i.unit_price_cents)
+        INSERT INTO product_sales AS t (days, first_day, product_id, units, revenue_cents)
+        SELECT b.days, b.first_day, i.product_id,
+               :sold * sum(i.quantity), :sold * sum(i.quantity::bigint * i.unit_price_cents)
           FROM changed c
           JOIN order_items i ON i.order_id = c.id
+         CROSS JOIN LATERAL {blocks_holding("c.day")} b
          WHERE c.sold
-         GROUP BY c.day, i.product_id
-         ORDER BY c.day, i.product_id
-        ON CONFLICT (day, product_id) DO UPDATE
+         GROUP BY b.days, b.first_day, i.product_id
+         ORDER BY b.days, b.first_day, i.product_id
+        ON CONFLICT (days, first_day, product_id) DO UPDATE
            SET units = t.units + EXCLUDED.units, revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents
     )
     INSERT INTO customer_totals AS t (customer_id, order_count, lifetime_value_cents)
@@ -80,7 +85,7 @@ RECORD = text("""
     ON CONFLICT (customer_id) DO UPDATE
        SET order_count = t.order_count + EXCLUDED.order_count,
            lifetime_value_cents = t.lifetime_value_cents + EXCLUDED.lifetime_value_cents
-""").bindparams(
+""").bindparams(  # noqa: S608 - composed of constants only; every value is a bound parameter
     bindparam("ids", type_=ARRAY(BigInteger)),
     bindparam("placed", type_=Integer),
     bindparam("sold", type_=Integer),

@@ -1,4 +1,4 @@
-"""read models: sales_daily, product_sales_daily, customer_totals, backfilled from orders
+"""read models: sales_daily, product_sales, customer_totals, backfilled from orders
 
 Revision ID: 0003
 Revises: 0002
@@ -25,14 +25,21 @@ BACKFILL = (
      WHERE status IN ('paid', 'shipped')
      GROUP BY 1
     """,
+    # Each sale in the 9 aligned blocks of 2**k days (k = 0..8) that hold its day (shared.salesblocks,
+    # as of this revision); a day that is not finite in its one-day block only.
     """
-    INSERT INTO product_sales_daily (day, product_id, units, revenue_cents)
-    SELECT (o.created_at AT TIME ZONE 'UTC')::date, i.product_id,
-           sum(i.quantity), sum(i.quantity::bigint * i.unit_price_cents)
+    INSERT INTO product_sales (days, first_day, product_id, units, revenue_cents)
+    SELECT b.days, b.first_day, i.product_id, sum(i.quantity), sum(i.quantity::bigint * i.unit_price_cents)
       FROM orders o
       JOIN order_items i ON i.order_id = o.id
+      CROSS JOIN LATERAL (SELECT (o.created_at AT TIME ZONE 'UTC')::date AS day) d
+      CROSS JOIN LATERAL (
+          SELECT (1 << k)::smallint AS days,
+                 CASE WHEN k = 0 THEN d.day ELSE d.day - (d.day - date '0001-01-01') % (1 << k) END AS first_day
+            FROM generate_series(0, CASE WHEN isfinite(d.day) THEN 8 ELSE 0 END) AS k
+      ) b
      WHERE o.status IN ('paid', 'shipped')
-     GROUP BY 1, 2
+     GROUP BY 1, 2, 3
     """,
     """
     INSERT INTO customer_totals (customer_id, order_count, lifetime_value_cents)
@@ -53,15 +60,20 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("day", "stripe", name=op.f("pk_sales_daily")),
     )
     op.create_table(
-        "product_sales_daily",
-        sa.Column("day", sa.Date(), nullable=False),
+        "product_sales",
+        sa.Column("days", sa.SmallInteger(), nullable=False),
+        sa.Column("first_day", sa.Date(), nullable=False),
         sa.Column("product_id", sa.BigInteger(), nullable=False),
         sa.Column("units", sa.BigInteger(), nullable=False),
         sa.Column("revenue_cents", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["product_id"], ["products.id"], name=op.f("fk_product_sales_daily_product_id_products")
+        sa.ForeignKeyConstraint(["product_id"], ["products.id"], name=op.f("fk_product_sales_product_id_products")),
+        sa.PrimaryKeyConstraint(
+            "days",
+            "first_day",
+            "product_id",
+            name=op.f("pk_product_sales"),
+            postgresql_include=["units", "revenue_cents"],
         ),
-        sa.PrimaryKeyConstraint("day", "product_id", name=op.f("pk_product_sales_daily")),
     )
     op.create_table(
         "customer_totals",
@@ -83,5 +95,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("customer_totals")
-    op.drop_table("product_sales_daily")
+    op.drop_table("product_sales")
     op.drop_table("sales_daily")

@@ -1,0 +1,48 @@
+"""The blocks of days the product sales read model sums over: the one definition both sides use.
+
+``product_sales`` holds each product's units and revenue per block: an aligned run of ``2**k``
+UTC days, k = 0..8 (a day, 2 days, 4, ... 256), starting on a day number (days since 0001-01-01)
+divisible by its length. A sale is added to the 9 blocks holding its day. A window of days is
+answered from its canonical decomposition, the largest blocks that fit inside it: at most two per
+length, so 30 days are about 7 blocks instead of 30 days, and 366 about 12. That keeps the top
+products' read at a few thousand rows whatever the window, where summing days read up to 366 rows
+per product.
+
+Both functions return SQL text composed of constants and the given column or parameter expressions
+only: no value is ever spliced in.
+"""
+
+from __future__ import annotations
+
+EPOCH = "date '0001-01-01'"
+LONGEST = 8  # the longest block is 2**8 = 256 days
+
+
+def blocks_holding(day: str) -> str:
+    """A FROM item, ``(days, first_day)``, of the blocks that hold ``day`` (a SQL date expression).
+    A day that is not finite (a row written by hand as +-infinity) is in its one-day block only."""
+    return f"""(
+        SELECT (1 << k)::smallint AS days,
+               -- a day is its own one-day block (an infinite day has no day number to align)
+               CASE WHEN k = 0 THEN {day} ELSE {day} - ({day} - {EPOCH}) % (1 << k) END AS first_day
+          FROM generate_series(0, CASE WHEN isfinite({day}) THEN {LONGEST} ELSE 0 END) AS k
+    )"""  # noqa: S608 - constants and the caller's expression; no value
+
+
+def window_blocks(days: str) -> str:
+    """A query of ``(days, first_day)``: the canonical decomposition of the ``days`` (a SQL integer
+    expression) UTC days ending today: every aligned block inside the window whose parent (the
+    block twice as long holding it) is not, and the longest blocks inside it. These are disjoint
+    and together are exactly the window."""
+    return f"""
+        SELECT size::smallint AS days, {EPOCH} + start AS first_day
+          FROM (SELECT (now() AT TIME ZONE 'UTC')::date - {EPOCH} AS last) today,
+               LATERAL (SELECT today.last - {days} + 1 AS first) window_start,
+               generate_series(0, {LONGEST}) AS k,
+               LATERAL (SELECT 1 << k AS size) block,
+               -- the block starts inside the window: the first aligned start, then every size days
+               LATERAL generate_series(first + (size - first % size) % size, last - size + 1, size) AS start
+         WHERE k = {LONGEST}
+            OR start - start % (2 * size) < first
+            OR start - start % (2 * size) + 2 * size - 1 > last
+    """  # noqa: S608 - constants and the caller's expression; no value
