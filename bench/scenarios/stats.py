@@ -2,7 +2,8 @@
 ``Sizes.more_orders``, reached by importing more demo orders between the two measurements).
 
 At each size:
-- the service's stats and customer-detail endpoints under wrk (they read the read models);
+- the service's stats and customer-detail endpoints under wrk, 4 connections then 1 (they read the
+  read models);
 - the same questions as SQL on one connection in this process, before and after: the on-the-fly
   sums over orders the read models replaced (``bench.oracle``, the tests' oracle) against the
   service's read-model queries, alternating round by round. A call of the "before" queries at a
@@ -44,7 +45,9 @@ from writes.db import WritePool
 from writes.handlers import OrderImport, import_orders, pay_order, place_order
 
 SCENARIO = "stats"
-CONNECTIONS = 4
+# A dashboard's few concurrent requests (the targets are read here), and one alone: its latency
+# without queueing behind others on the two cores.
+CONNECTIONS = (4, 1)
 ENDPOINTS = (
     "/v1/stats/revenue/daily?days=30",
     "/v1/stats/products/top?days=30&limit=10",
@@ -74,9 +77,11 @@ def measure(ctx: Context) -> list[Measurement]:
     measurements = []
     with serve_service(ctx, workers=1) as server:
         for path in ENDPOINTS:
-            wrk(server.url, path, 1, seconds=1, connections=CONNECTIONS)  # warm-up
-            results = [wrk(server.url, path, 1, ctx.sizes.seconds, connections=CONNECTIONS)]
-            measurements.append(pooled(SCENARIO, f"GET {path.partition('?')[0]} · {size}", "service", results))
+            wrk(server.url, path, 1, seconds=1, connections=CONNECTIONS[0])  # warm-up
+            for connections in CONNECTIONS:
+                results = [wrk(server.url, path, 1, ctx.sizes.seconds, connections=connections)]
+                case = f"GET {path.partition('?')[0]} · {size} · {connections} connection{'s' * (connections > 1)}"
+                measurements.append(pooled(SCENARIO, case, "service", results))
     return measurements + asyncio.run(before_and_after(ctx, size))
 
 
