@@ -46,7 +46,7 @@ REFUNDED = Change(placed=0, sold=-1, sold_only_if_paid=False)  # a paid order ca
 IMPORTED = Change(placed=1, sold=1, sold_only_if_paid=True)
 
 # Statuses and days are the stats' own: paid and shipped orders, by the UTC day of created_at.
-# The three inserts are unreferenced data-modifying CTEs plus the main statement: one round trip.
+# Two inserts are unreferenced data-modifying CTEs and the third is the main statement: one round trip.
 RECORD = text(f"""
     WITH changed AS (
         SELECT id, customer_id, total_cents, (created_at AT TIME ZONE 'UTC')::date AS day,
