@@ -8,8 +8,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -48,13 +48,20 @@ def add_orders(url: str, orders: int) -> float:
     return seed(url, customers=1, products=1, orders=orders)
 
 
-async def analyze(url: str) -> None:
-    """Fresh planner statistics, as autovacuum would give a long-running server."""
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """One plain connection to ``url``, closed on the way out: how the benchmark looks at its data."""
     connection = await asyncpg.connect(url)
     try:
-        await connection.execute("VACUUM ANALYZE")
+        yield connection
     finally:
         await connection.close()
+
+
+async def analyze(url: str) -> None:
+    """Fresh planner statistics, as autovacuum would give a long-running server."""
+    async with connected(url) as connection:
+        await connection.execute("VACUUM ANALYZE")
 
 
 if __name__ == "__main__":

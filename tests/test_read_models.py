@@ -8,9 +8,9 @@ models: sums over orders. Every check compares the tables with their recomputati
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -20,6 +20,7 @@ from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.database import connected
 from bench.oracle import CUSTOMER_DETAIL, DAILY_REVENUE, TOP_PRODUCTS, disagreements
 from shared.app import create_app
 from shared.config import Settings, asyncpg_dsn
@@ -28,8 +29,10 @@ from shared.salesblocks import window_blocks
 from shared.schema import alembic_config, upgrade_to_head
 from tests.reads.factories import Shop
 from tests.support import AUTH, running_client
+from tests.writes.support import NDJSON, line, ndjson, rfc3339
 
 WINDOWS = (1, 2, 7, 30, 366)
+T = TypeVar("T")
 
 
 async def assert_agreement(client: httpx.AsyncClient, db: asyncpg.Connection, customer_ids: list[int]) -> None:
@@ -54,15 +57,8 @@ async def assert_agreement(client: httpx.AsyncClient, db: asyncpg.Connection, cu
 
 
 async def import_orders(client: httpx.AsyncClient, orders: list[dict[str, Any]]) -> None:
-    body = "".join(json.dumps(order) + "\n" for order in orders)
-    response = await client.post(
-        "/v1/orders/import", content=body, headers={**AUTH, "Content-Type": "application/x-ndjson"}
-    )
+    response = await client.post("/v1/orders/import", content=ndjson(*orders), headers=NDJSON)
     assert response.status_code == 200, response.text
-
-
-def instant(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
 
 
 # --- each command --------------------------------------------------------------------------------
@@ -117,17 +113,14 @@ async def test_an_import_adds_every_order_to_its_day_and_only_paid_and_shipped_o
     today = await db.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
     midnight = datetime.combine(today, datetime.min.time(), tzinfo=UTC)
 
-    def line(quantity: int, unit_price_cents: int) -> list[dict[str, int]]:
-        return [{"product_id": product["id"], "quantity": quantity, "unit_price_cents": unit_price_cents}]
-
     orders = [
-        {"customer_id": who["id"], "status": status, "created_at": instant(when), "items": items}
-        for who, status, when, items in [
-            (ada, "paid", midnight, line(1, 70)),
-            (ada, "shipped", midnight - timedelta(microseconds=1), line(2, 80)),
-            (bob, "pending", midnight - timedelta(days=3), line(4, 90)),
-            (bob, "cancelled", midnight - timedelta(days=400), line(8, 10)),
-            (bob, "paid", midnight - timedelta(days=400), line(16, 1)),
+        line(who["id"], (product["id"], quantity, price), status=status, created_at=rfc3339(when))
+        for who, status, when, quantity, price in [
+            (ada, "paid", midnight, 1, 70),
+            (ada, "shipped", midnight - timedelta(microseconds=1), 2, 80),
+            (bob, "pending", midnight - timedelta(days=3), 4, 90),
+            (bob, "cancelled", midnight - timedelta(days=400), 8, 10),
+            (bob, "paid", midnight - timedelta(days=400), 16, 1),
         ]
     ]
     await import_orders(client, orders)
@@ -143,7 +136,9 @@ async def test_an_import_adds_every_order_to_its_day_and_only_paid_and_shipped_o
     # The pending order, paid now, is a sale on its own day, three days ago.
     pending = await db.fetchval("SELECT id FROM orders WHERE status = 'pending'")
     await shop.pay(pending)
-    assert await db.fetchval("SELECT sum(revenue_cents) FROM sales_daily WHERE day = $1", today - timedelta(days=3))
+    assert (
+        await db.fetchval("SELECT sum(revenue_cents) FROM sales_daily WHERE day = $1", today - timedelta(days=3)) == 360
+    )
     await assert_agreement(client, db, [ada["id"], bob["id"]])
 
 
@@ -213,15 +208,12 @@ async def test_any_sequence_of_commands_leaves_the_read_models_equal_to_the_reco
 
 def imported(spec: dict[str, Any], customers: list[int], products: list[int], today: date) -> dict[str, Any]:
     day = datetime.combine(today - timedelta(days=spec["days_ago"]), datetime.min.time(), tzinfo=UTC)
-    return {
-        "customer_id": customers[spec["customer"]],
-        "status": spec["status"],
-        "created_at": instant(day + timedelta(microseconds=spec["microsecond"])),
-        "items": [
-            {"product_id": products[p], "quantity": quantity, "unit_price_cents": price}
-            for p, quantity, price in spec["lines"]
-        ],
-    }
+    return line(
+        customers[spec["customer"]],
+        *((products[p], quantity, price) for p, quantity, price in spec["lines"]),
+        status=spec["status"],
+        created_at=rfc3339(day + timedelta(microseconds=spec["microsecond"])),
+    )
 
 
 # --- concurrency ----------------------------------------------------------------------------------
@@ -272,55 +264,44 @@ async def test_fifty_concurrent_pays_and_cancels_of_one_product_on_one_day_add_u
 # --- the migration --------------------------------------------------------------------------------
 
 
+ORDERS_BEFORE_READ_MODELS = """
+    INSERT INTO customers (email, name) VALUES ('a@example.com', 'A'), ('b@example.com', 'B');
+    INSERT INTO products (sku, name, price_cents, stock) VALUES ('P1', 'P1', 100, 10), ('P2', 'P2', 7, 10);
+    INSERT INTO orders (customer_id, status, item_count, total_cents, created_at)
+    SELECT 1 + n % 2, (ARRAY['pending', 'paid', 'shipped', 'cancelled'])[1 + n % 4], 3, 107 + n,
+           timestamptz '2026-11-20 23:59:59.999999+00' + (n % 3) * interval '1 day' + n * interval '1 us'
+      FROM generate_series(1, 40) AS n;
+    -- rows written by hand at +-infinity: summed on their (infinite) day, in no window
+    INSERT INTO orders (customer_id, status, item_count, total_cents, created_at)
+    VALUES (1, 'paid', 3, 5, 'infinity'), (2, 'shipped', 3, 7, '-infinity');
+    INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price_cents)
+    SELECT id, line, line, line, 100 + id FROM orders, generate_series(1, 2) AS line;
+"""
+READ_MODEL_ROWS = """
+    SELECT (SELECT count(*) FROM sales_daily), (SELECT count(*) FROM product_sales WHERE days = 1),
+           (SELECT count(*) FROM customer_totals)
+"""
+
+
+def on(url: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """``work`` on a connection to ``url``, from a test outside an event loop."""
+
+    async def run() -> T:
+        async with connected(asyncpg_dsn(url)) as connection:
+            return await work(connection)
+
+    return asyncio.run(run())
+
+
 def test_the_migration_backfills_the_read_models_from_existing_orders(empty_database: str) -> None:
     command.upgrade(alembic_config(empty_database), "0002")
-    asyncio.run(_orders_before_read_models(empty_database))
+    on(empty_database, lambda db: db.execute(ORDERS_BEFORE_READ_MODELS))
 
     upgrade_to_head(empty_database)
 
-    assert asyncio.run(_disagreements(empty_database)) == {}
-    counts = asyncio.run(_read_model_rows(empty_database))
+    assert on(empty_database, disagreements) == {}
+    counts = tuple(on(empty_database, lambda db: db.fetchrow(READ_MODEL_ROWS)))
     assert counts == (5, 10, 2)  # three days and the two infinite ones with sales; two products each; two customers
-
-
-async def _orders_before_read_models(url: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        await connection.execute(
-            """INSERT INTO customers (email, name) VALUES ('a@example.com', 'A'), ('b@example.com', 'B');
-               INSERT INTO products (sku, name, price_cents, stock) VALUES ('P1', 'P1', 100, 10), ('P2', 'P2', 7, 10);
-               INSERT INTO orders (customer_id, status, item_count, total_cents, created_at)
-               SELECT 1 + n % 2, (ARRAY['pending', 'paid', 'shipped', 'cancelled'])[1 + n % 4], 3, 107 + n,
-                      timestamptz '2026-11-20 23:59:59.999999+00' + (n % 3) * interval '1 day' + n * interval '1 us'
-                 FROM generate_series(1, 40) AS n;
-               -- rows written by hand at +-infinity: summed on their (infinite) day, in no window
-               INSERT INTO orders (customer_id, status, item_count, total_cents, created_at)
-               VALUES (1, 'paid', 3, 5, 'infinity'), (2, 'shipped', 3, 7, '-infinity');
-               INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price_cents)
-               SELECT id, line, line, line, 100 + id FROM orders, generate_series(1, 2) AS line;"""
-        )
-    finally:
-        await connection.close()
-
-
-async def _disagreements(url: str) -> dict[str, Any]:
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        return await disagreements(connection)
-    finally:
-        await connection.close()
-
-
-async def _read_model_rows(url: str) -> tuple[int, ...]:
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        row = await connection.fetchrow(
-            """SELECT (SELECT count(*) FROM sales_daily), (SELECT count(*) FROM product_sales WHERE days = 1),
-                      (SELECT count(*) FROM customer_totals)"""
-        )
-    finally:
-        await connection.close()
-    return tuple(row.values())
 
 
 # --- the blocks of days ----------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench.core import Context, Measurement
+from bench.database import connected
 from shared.config import Settings
 from shared.dto import ImportedOrder
 from writes.db import WritePool
@@ -68,12 +68,9 @@ def timed(name: str, orders: int, seconds: list[float]) -> Measurement:
 
 
 async def some_orders(url: str, count: int, customers: int) -> list[ImportedOrder]:
-    connection = await asyncpg.connect(url)
-    try:
+    async with connected(url) as connection:
         prices = dict(await connection.fetch("SELECT id, price_cents FROM products"))
         customer_ids = [row[0] for row in await connection.fetch("SELECT id FROM customers LIMIT $1", customers)]
-    finally:
-        await connection.close()
     rng = random.Random(10)
     now = datetime.now(UTC)
     return [demo_order(rng, now, customer_ids, list(prices), prices) for _ in range(count)]
@@ -110,14 +107,10 @@ RESERVE_IDS = "SELECT array_agg(nextval(pg_get_serial_sequence('orders', 'id')))
 
 
 async def via_bare_copy(url: str, orders: list[ImportedOrder]) -> object:
-    connection = await asyncpg.connect(url)
-    try:
-        async with connection.transaction():
-            ids = await connection.fetchval(RESERVE_IDS, len(orders))
-            await connection.copy_records_to_table("orders", records=order_rows(ids, orders), columns=ORDER_COLUMNS)
-            await connection.copy_records_to_table("order_items", records=item_rows(ids, orders), columns=ITEM_COLUMNS)
-    finally:
-        await connection.close()
+    async with connected(url) as connection, connection.transaction():
+        ids = await connection.fetchval(RESERVE_IDS, len(orders))
+        await connection.copy_records_to_table("orders", records=order_rows(ids, orders), columns=ORDER_COLUMNS)
+        await connection.copy_records_to_table("order_items", records=item_rows(ids, orders), columns=ITEM_COLUMNS)
     return None
 
 

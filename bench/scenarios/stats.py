@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench import oracle
 from bench.core import Context, Measurement, quantile_ms
-from bench.database import add_orders
+from bench.database import add_orders, connected
 from bench.servers import serve_service
 from bench.wrk import pooled, wrk
 from reads.queries.customers import CUSTOMER_DETAIL
@@ -88,8 +88,7 @@ def measure(ctx: Context) -> list[Measurement]:
 
 
 async def before_and_after(ctx: Context, size: str) -> list[Measurement]:
-    connection = await asyncpg.connect(ctx.database_url)
-    try:
+    async with connected(ctx.database_url) as connection:
         measurements = []
         for name, before, after, args in QUESTIONS:
             took: dict[str, list[float]] = {"read models (after)": [], "on the fly (before)": []}
@@ -98,8 +97,6 @@ async def before_and_after(ctx: Context, size: str) -> list[Measurement]:
                     await connection.fetchval(sql, *args)  # planned and cached before it is timed
                     took[contender] += await timed_calls(connection, sql, args, ctx.sizes.calls, ctx.sizes.seconds)
             measurements += [latencies(f"SQL {name} · {size}", contender, t) for contender, t in took.items()]
-    finally:
-        await connection.close()
     return measurements
 
 
@@ -247,12 +244,9 @@ async def opened(settings: Settings) -> AsyncIterator[WritePool]:
 
 
 async def demo_ids(url: str) -> tuple[list[int], list[int]]:
-    connection = await asyncpg.connect(url)
-    try:
+    async with connected(url) as connection:
         customers = [row[0] for row in await connection.fetch("SELECT id FROM customers ORDER BY id LIMIT 1000")]
         products = [row[0] for row in await connection.fetch("SELECT id FROM products WHERE stock > 1000")]
-    finally:
-        await connection.close()
     return customers, products
 
 
@@ -271,22 +265,16 @@ async def pending_orders_of_today(url: str, customers: list[int], products: list
     ]
     async with opened(Settings(database_url=url)) as pool:
         await pool.run(partial(import_orders, OrderImport(orders, list(range(1, count + 1)))))
-    connection = await asyncpg.connect(url)
-    try:
+    async with connected(url) as connection:
         ids = [
             row[0]
             for row in await connection.fetch("SELECT id FROM orders WHERE status = 'pending' AND created_at = $1", now)
         ]
-    finally:
-        await connection.close()
     rng.shuffle(ids)
     return ids
 
 
 async def order_count(url: str) -> int:
-    connection = await asyncpg.connect(url)
-    try:
+    async with connected(url) as connection:
         count: int = await connection.fetchval("SELECT count(*) FROM orders")
-    finally:
-        await connection.close()
     return count

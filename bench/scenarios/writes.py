@@ -13,9 +13,8 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-import asyncpg
-
 from bench.core import Context, Measurement, quantile_ms
+from bench.database import connected
 from bench.load import REJECTED, Answers, accepted, post_orders, random_order
 from bench.profile import Profile, record
 from bench.servers import Server, serve_service
@@ -98,12 +97,9 @@ def profiled(ctx: Context, pid: int, url: str) -> Profile:
 
 
 async def snapshot(url: str) -> tuple[int, dict[int, int]]:
-    connection = await asyncpg.connect(url)
-    try:
+    async with connected(url) as connection:
         last_order = await connection.fetchval("SELECT coalesce(max(id), 0) FROM orders")
         stock = dict(await connection.fetch("SELECT id, stock FROM products"))
-    finally:
-        await connection.close()
     return last_order, stock
 
 
@@ -117,13 +113,10 @@ SOLD_SINCE = """
 
 async def check_stock(url: str, before: tuple[int, dict[int, int]], answers: Answers) -> None:
     last_order, stock_before = before
-    connection = await asyncpg.connect(url)
-    try:
+    async with connected(url) as connection:
         stock_after = dict(await connection.fetch("SELECT id, stock FROM products"))
         sold = dict(await connection.fetch(SOLD_SINCE, last_order))
         new_orders = await connection.fetchval("SELECT count(*) FROM orders WHERE id > $1", last_order)
-    finally:
-        await connection.close()
     wrong = {
         p: (stock_before[p], sold.get(p, 0), s) for p, s in stock_after.items() if s != stock_before[p] - sold.get(p, 0)
     }

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import msgspec
 
 from tests.support import AUTH
 
@@ -51,3 +52,25 @@ def assert_problem(response: httpx.Response, status: int, *fragments: str) -> No
 def rfc3339(value: datetime) -> str:
     """How the API writes a timestamp the database returned."""
     return value.isoformat().replace("+00:00", "Z")
+
+
+# The order import: headers, one line of its file, and the file.
+NDJSON = {**AUTH, "Content-Type": "application/x-ndjson"}
+
+
+def line(
+    customer_id: int,
+    *items: tuple[int, int, int],
+    status: str = "paid",
+    created_at: str = "2026-03-04T05:06:07.123456Z",
+) -> dict[str, Any]:
+    return {
+        "customer_id": customer_id,
+        "status": status,
+        "created_at": created_at,
+        "items": [{"product_id": p, "quantity": q, "unit_price_cents": u} for p, q, u in items],
+    }
+
+
+def ndjson(*lines: object) -> bytes:
+    return b"".join(msgspec.json.encode(item) + b"\n" for item in lines)

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from tests.support import AUTH
-from tests.writes.support import assert_problem, new_customer, new_order, new_product
-from tests.writes.test_imports import NDJSON, line, ndjson, nothing_imported
+from tests.writes.support import NDJSON, assert_problem, line, ndjson, new_customer, new_order, new_product
+from tests.writes.test_imports import nothing_imported
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 

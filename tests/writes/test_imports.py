@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import httpx
@@ -15,27 +14,7 @@ from starlette.applications import Starlette
 from shared.app import create_app
 from shared.config import Settings, asyncpg_dsn
 from tests.support import AUTH, running_client
-from tests.writes.support import assert_problem, new_customer, new_order, new_product
-
-NDJSON = {**AUTH, "Content-Type": "application/x-ndjson"}
-
-
-def line(
-    customer_id: int,
-    *items: tuple[int, int, int],
-    status: str = "paid",
-    created_at: str = "2026-03-04T05:06:07.123456Z",
-) -> dict[str, Any]:
-    return {
-        "customer_id": customer_id,
-        "status": status,
-        "created_at": created_at,
-        "items": [{"product_id": p, "quantity": q, "unit_price_cents": u} for p, q, u in items],
-    }
-
-
-def ndjson(*lines: object) -> bytes:
-    return b"".join(msgspec.json.encode(item) + b"\n" for item in lines)
+from tests.writes.support import NDJSON, assert_problem, line, ndjson, new_customer, new_order, new_product
 
 
 async def nothing_imported(db: asyncpg.Connection) -> bool:
