@@ -29,20 +29,34 @@ def blocks_holding(day: str) -> str:
     )"""  # noqa: S608 - constants and the caller's expression; no value
 
 
-def window_blocks(days: str) -> str:
+TODAY = "(now() AT TIME ZONE 'UTC')::date"
+
+
+def window_blocks(days: str, last_day: str = TODAY) -> str:
     """A query of ``(days, first_day)``: the canonical decomposition of the ``days`` (a SQL integer
-    expression) UTC days ending today: every aligned block inside the window whose parent (the
-    block twice as long holding it) is not, and the longest blocks inside it. These are disjoint
-    and together are exactly the window."""
+    expression) UTC days ending on ``last_day`` (a SQL date expression; today by default): every
+    aligned block inside the window whose parent (the block twice as long holding it) is not, and
+    the longest blocks inside it. These are disjoint and together are exactly the window.
+
+    Below the longest length only two blocks of a length can qualify: the first aligned one to
+    start inside the window, whose parent can stick out on the left, and the last one to end inside
+    it, whose parent can stick out on the right. So each length proposes just those two, and the
+    query makes about 20 rows whatever the window, not one per aligned start."""
     return f"""
         SELECT size::smallint AS days, {EPOCH} + start AS first_day
-          FROM (SELECT (now() AT TIME ZONE 'UTC')::date - {EPOCH} AS last) today,
-               LATERAL (SELECT today.last - {days} + 1 AS first) window_start,
+          FROM (SELECT {last_day} - {EPOCH} AS last) window_end,
+               LATERAL (SELECT window_end.last - {days} + 1 AS first) window_start,
                generate_series(0, {LONGEST}) AS k,
                LATERAL (SELECT 1 << k AS size) block,
-               -- the block starts inside the window: the first aligned start, then every size days
-               LATERAL generate_series(first + (size - first % size) % size, last - size + 1, size) AS start
+               -- the first aligned start inside the window, and the start of the last block to end in it
+               LATERAL (SELECT first + (size - first % size) % size AS leftmost,
+                               last + 1 - (last + 1) % size - size AS rightmost) candidate,
+               LATERAL (
+                   SELECT start FROM generate_series(leftmost, last - size + 1, size) AS start WHERE k = {LONGEST}
+                   UNION ALL SELECT leftmost WHERE k < {LONGEST} AND leftmost + size - 1 <= last
+                   UNION ALL SELECT rightmost WHERE k < {LONGEST} AND rightmost > leftmost
+               ) inside (start)
          WHERE k = {LONGEST}
             OR start - start % (2 * size) < first
             OR start - start % (2 * size) + 2 * size - 1 > last
-    """  # noqa: S608 - constants and the caller's expression; no value
+    """  # noqa: S608 - constants and the caller's expressions; no value

@@ -307,13 +307,40 @@ def test_the_migration_backfills_the_read_models_from_existing_orders(empty_data
 # --- the blocks of days ----------------------------------------------------------------------------
 
 
+# Every window of 1..366 days ending on each of 256 consecutive days: every way the window's ends can
+# fall against the blocks (the longest is 256 days, so the pattern repeats every 256 days), at days
+# numbered around 739 000 as today's are.
+EVERY_WINDOWS_BLOCKS = f"""
+    SELECT last_day::date, window_days, b.days, b.first_day
+      FROM generate_series(date '2025-12-20', date '2025-12-20' + 255, interval '1 day') AS last_day,
+           generate_series(1, 366) AS window_days,
+           LATERAL ({window_blocks("window_days", "last_day::date")}) b
+     ORDER BY last_day, window_days, b.first_day
+"""
+
+
 async def test_every_window_is_read_from_few_blocks_that_cover_each_of_its_days_once(db: asyncpg.Connection) -> None:
+    windows: dict[tuple[date, int], list[tuple[int, date]]] = {}
+    for row in await db.fetch(EVERY_WINDOWS_BLOCKS):
+        windows.setdefault((row["last_day"], row["window_days"]), []).append((row["days"], row["first_day"]))
+    assert len(windows) == 256 * 366
+    for (last_day, days), blocks in windows.items():
+        # back to back, from the window's first day to its last: each day once
+        starts = [first for _, first in blocks]
+        ends = [first + timedelta(length - 1) for length, first in blocks]
+        assert starts[0] == last_day - timedelta(days - 1), (last_day, days)
+        assert ends[-1] == last_day, (last_day, days)
+        assert all(end + timedelta(1) == start for end, start in zip(ends, starts[1:], strict=False)), (last_day, days)
+        assert all((first - date(1, 1, 1)).days % length == 0 for length, first in blocks), (last_day, days)
+        # canonical: below the longest length, never both halves of one block (it would be read whole)
+        below = [(length, first) for length, first in blocks if length < 256]
+        parents = {(length, (first - date(1, 1, 1)).days // (2 * length)) for length, first in below}
+        assert len(parents) == len(below), (last_day, days)
+        assert len(blocks) <= 2 * 9, (last_day, days)  # at most two blocks of each of the 9 lengths
+
+
+async def test_the_stats_window_ends_today(db: asyncpg.Connection) -> None:
     today = await db.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
-    most = 0
-    for days in range(1, 367):
-        blocks = await db.fetch(window_blocks("$1::int"), days)
-        covered = sorted(block["first_day"] + timedelta(n) for block in blocks for n in range(block["days"]))
-        assert covered == [today - timedelta(n) for n in reversed(range(days))], days
-        assert all((block["first_day"] - date(1, 1, 1)).days % block["days"] == 0 for block in blocks), days
-        most = max(most, len(blocks))
-    assert most <= 2 * 9  # at most two blocks of each of the 9 lengths
+    blocks = await db.fetch(window_blocks("$1::int"), 30)
+    assert max(block["first_day"] + timedelta(block["days"] - 1) for block in blocks) == today
+    assert sum(block["days"] for block in blocks) == 30
