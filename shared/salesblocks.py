@@ -8,8 +8,8 @@ length, so 30 days are about 7 blocks instead of 30 days, and 366 about 12. That
 products' read at a few thousand rows whatever the window, where summing days read up to 366 rows
 per product.
 
-Both functions return SQL text composed of constants and the given column or parameter expressions
-only: no value is ever spliced in.
+Both functions return SQL text composed of constants and the given names or column or parameter
+expressions only: no value is ever spliced in.
 """
 
 from __future__ import annotations
@@ -18,15 +18,30 @@ EPOCH = "date '0001-01-01'"
 LONGEST = 8  # the longest block is 2**8 = 256 days
 
 
-def blocks_holding(day: str) -> str:
-    """A FROM item, ``(days, first_day)``, of the blocks that hold ``day`` (a SQL date expression).
-    A day that is not finite (a row written by hand as +-infinity) is in its one-day block only."""
-    return f"""(
-        SELECT (1 << k)::smallint AS days,
-               -- a day is its own one-day block (an infinite day has no day number to align)
-               CASE WHEN k = 0 THEN {day} ELSE {day} - ({day} - {EPOCH}) % (1 << k) END AS first_day
-          FROM generate_series(0, CASE WHEN isfinite({day}) THEN {LONGEST} ELSE 0 END) AS k
-    )"""  # noqa: S608 - constants and the caller's expression; no value
+def rolled_up(day_sums: str) -> tuple[str, str]:
+    """The sums of every block, rolled up a length at a time from ``day_sums``: the name of a CTE of
+    one-day sums, ``(first_day, product_id, units, revenue_cents)``, one row per day and product.
+
+    Returns the CTE definitions of the longer blocks' sums (to follow ``day_sums`` in a WITH list),
+    each length summed from the length below it, so each step sums fewer rows than the last, and a
+    query of all 9 lengths' rows, ``(days, first_day, product_id, units, revenue_cents)``. A day that
+    is not finite (a row written by hand as +-infinity) has no day number to align: it stays in its
+    one-day block only."""
+    names = [day_sums] + [f"{day_sums}_by_{1 << k}" for k in range(1, LONGEST + 1)]
+    ctes = ",\n    ".join(
+        f"""{names[k]} AS (
+        SELECT first_day - (first_day - {EPOCH}) % {1 << k} AS first_day, product_id,
+               sum(units)::bigint AS units, sum(revenue_cents)::bigint AS revenue_cents
+          FROM {names[k - 1]}{" WHERE isfinite(first_day)" if k == 1 else ""}
+         GROUP BY 1, product_id
+    )"""  # noqa: S608 - constants and the caller's name; no value
+        for k in range(1, LONGEST + 1)
+    )
+    levels = "\n         UNION ALL ".join(
+        f"SELECT {1 << k}::smallint, first_day, product_id, units, revenue_cents FROM {names[k]}"  # noqa: S608
+        for k in range(LONGEST + 1)
+    )
+    return ctes, levels
 
 
 TODAY = "(now() AT TIME ZONE 'UTC')::date"

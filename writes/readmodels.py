@@ -28,7 +28,7 @@ from sqlalchemy import BigInteger, Boolean, Integer, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.salesblocks import blocks_holding
+from shared.salesblocks import rolled_up
 
 STRIPES = "read_model_stripes"  # the session's info key (``WritePool`` sets it from the settings)
 
@@ -46,6 +46,11 @@ REFUNDED = Change(placed=0, sold=-1, sold_only_if_paid=False)  # a paid order ca
 IMPORTED = Change(placed=1, sold=1, sold_only_if_paid=True)
 
 # Statuses and days are the stats' own: paid and shipped orders, by the UTC day of created_at.
+# The product sales are summed per day and product first, then rolled up to each longer block from
+# the length below (``shared.salesblocks.rolled_up``): for an import of 50 000 orders over 90 days
+# that sums about 150 000 rows in all, where expanding each item into its 9 blocks sorted 840 000.
+_LONGER_BLOCKS, _ALL_BLOCKS = rolled_up("day_sales")
+
 # Two inserts are unreferenced data-modifying CTEs and the third is the main statement: one round trip.
 RECORD = text(f"""
     WITH changed AS (
@@ -64,18 +69,22 @@ RECORD = text(f"""
         ON CONFLICT (day, stripe) DO UPDATE
            SET orders = t.orders + EXCLUDED.orders, revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents
     ),
-    product_sales AS (
-        INSERT INTO product_sales AS t (days, first_day, product_id, units, revenue_cents)
-        SELECT b.days, b.first_day, i.product_id,
-               :sold * sum(i.quantity), :sold * sum(i.quantity::bigint * i.unit_price_cents)
+    day_sales AS (
+        SELECT c.day AS first_day, i.product_id,
+               sum(i.quantity) AS units, sum(i.quantity::bigint * i.unit_price_cents) AS revenue_cents
           FROM changed c
           -- The range walks the new items' slice of the key: an import's ids are drawn together,
           -- and without it the planner hashes every item of every order to find them.
           JOIN order_items i ON i.order_id = c.id AND i.order_id BETWEEN :first AND :last
-         CROSS JOIN LATERAL {blocks_holding("c.day")} b
          WHERE c.sold
-         GROUP BY b.days, b.first_day, i.product_id
-         ORDER BY b.days, b.first_day, i.product_id
+         GROUP BY c.day, i.product_id
+    ),
+    {_LONGER_BLOCKS},
+    product_sales AS (
+        INSERT INTO product_sales AS t (days, first_day, product_id, units, revenue_cents)
+        SELECT days, first_day, product_id, :sold * units, :sold * revenue_cents
+          FROM ({_ALL_BLOCKS}) AS b (days, first_day, product_id, units, revenue_cents)
+         ORDER BY days, first_day, product_id
         ON CONFLICT (days, first_day, product_id) DO UPDATE
            SET units = t.units + EXCLUDED.units, revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents
     )
