@@ -310,7 +310,7 @@ def test_the_migration_backfills_the_read_models_from_existing_orders(empty_data
 # Every window of 1..366 days ending on each of 256 consecutive days: every way the window's ends can
 # fall against the blocks (the longest is 256 days, so the pattern repeats every 256 days), at days
 # numbered around 739 000 as today's are.
-EVERY_WINDOWS_BLOCKS = f"""
+ALL_WINDOWS_BLOCKS = f"""
     SELECT last_day::date, window_days, b.days, b.first_day
       FROM generate_series(date '2025-12-20', date '2025-12-20' + 255, interval '1 day') AS last_day,
            generate_series(1, 366) AS window_days,
@@ -321,7 +321,7 @@ EVERY_WINDOWS_BLOCKS = f"""
 
 async def test_every_window_is_read_from_few_blocks_that_cover_each_of_its_days_once(db: asyncpg.Connection) -> None:
     windows: dict[tuple[date, int], list[tuple[int, date]]] = {}
-    for row in await db.fetch(EVERY_WINDOWS_BLOCKS):
+    for row in await db.fetch(ALL_WINDOWS_BLOCKS):
         windows.setdefault((row["last_day"], row["window_days"]), []).append((row["days"], row["first_day"]))
     assert len(windows) == 256 * 366
     for (last_day, days), blocks in windows.items():
