@@ -4,7 +4,8 @@
 UTC days, k = 0..8 (a day, 2 days, 4, ... 256), starting on a day number (days since 0001-01-01)
 divisible by its length. A sale is added to the 9 blocks holding its day. A window of days is
 answered from its canonical decomposition, the largest blocks that fit inside it: at most two per
-length, so 30 days are about 7 blocks instead of 30 days, and 366 about 12. That keeps the top
+length, so 30 days are 4 to 8 blocks instead of 30 days, and 366 are 6 to 14 (by where the window
+ends against the blocks; the tests check every alignment). That keeps the top
 products' read at a few thousand rows whatever the window, where summing days read up to 366 rows
 per product.
 
@@ -44,6 +45,7 @@ def rolled_up(day_sums: str) -> tuple[str, str]:
     return ctes, levels
 
 
+# The stats' today, one definition for every stats query: the database's clock, as a UTC date.
 TODAY = "(now() AT TIME ZONE 'UTC')::date"
 
 
