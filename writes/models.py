@@ -7,6 +7,7 @@ once, not a hidden query (which under asyncio would fail anyway, later and less 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    Uuid,
     func,
 )
 from sqlalchemy.engine import Dialect
@@ -195,6 +197,19 @@ class ProductSales(Base):
     product_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("products.id"))
     units: Mapped[int] = mapped_column(BigInteger, nullable=False)
     revenue_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class ProductSalesVersion(Base):
+    """Which commands ``product_sales`` holds, in a few stripes: each command that changes it
+    replaces its stripe's token with a new random one, in the same transaction. Two snapshots that
+    read the same tokens hold the same product sales (each stripe's tokens form a chain: a command
+    waits for the stripe's last writer to commit), so an answer computed from them is still exact
+    while they stay (``reads.queries.stats``)."""
+
+    __tablename__ = "product_sales_versions"
+
+    stripe: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    token: Mapped[UUID] = mapped_column(Uuid, nullable=False)
 
 
 class CustomerTotals(Base):

@@ -17,6 +17,10 @@ Today's sales row would be locked by every paying command until it commits; each
 to its own stripe (``pg_backend_pid() % READ_MODEL_STRIPES``) of the day instead. A product's
 blocks are not striped: every order of that product already queues on the product's stock row
 when placed. A sale goes into the 9 blocks of days holding its day (``shared.salesblocks``).
+
+A command that changes ``product_sales`` also replaces its stripe's token in
+``product_sales_versions`` with a new random one: the version the top products' answers are kept
+by (``reads.queries.stats``). It is striped the same way, by connection.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ IMPORTED = Change(placed=1, sold=1, sold_only_if_paid=True)
 # that sums about 150 000 rows in all, where expanding each item into its 9 blocks sorted 840 000.
 _LONGER_BLOCKS, _ALL_BLOCKS = rolled_up("day_sales")
 
-# Two inserts are unreferenced data-modifying CTEs and the third is the main statement: one round trip.
+# Three inserts are unreferenced data-modifying CTEs and the fourth is the main statement: one round trip.
 RECORD = text(f"""
     WITH changed AS (
         SELECT id, customer_id, total_cents, (created_at AT TIME ZONE 'UTC')::date AS day,
@@ -87,6 +91,12 @@ RECORD = text(f"""
          ORDER BY days, first_day, product_id
         ON CONFLICT (days, first_day, product_id) DO UPDATE
            SET units = t.units + EXCLUDED.units, revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents
+    ),
+    product_sales_version AS (
+        INSERT INTO product_sales_versions AS t (stripe, token)
+        SELECT pg_backend_pid() % :stripes, gen_random_uuid()
+         WHERE EXISTS (SELECT FROM day_sales)
+        ON CONFLICT (stripe) DO UPDATE SET token = EXCLUDED.token
     )
     INSERT INTO customer_totals AS t (customer_id, order_count, lifetime_value_cents)
     SELECT customer_id, :placed * count(*), :sold * coalesce(sum(total_cents) FILTER (WHERE sold), 0)
