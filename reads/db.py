@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from reads.answers import Answers
 from shared.config import Settings
 from shared.dbfailures import READ, Failure, PoolNames, classify, exhausted, unavailable
 from shared.errors import ConnectionLost
@@ -35,7 +36,10 @@ log = logging.getLogger("orders_api.database")
 
 class Reader(Protocol):
     """What a query function runs its statement on: a ``ReadPool``, or the database
-    ``reads.replicas`` chose for the request. The arguments are ``ReadPool.find``'s."""
+    ``reads.replicas`` chose for the request. The arguments are ``ReadPool.find``'s. ``answers``
+    are the read side's kept answers (``reads.answers``), one store for all its databases."""
+
+    answers: Answers
 
     async def find(
         self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
@@ -128,6 +132,7 @@ class ReadPool:
         self.names = database.names
         self.timeout = settings.read_pool_acquire_timeout
         self.gate = Gate(self.names, capacity=database.max_size, max_waiting=settings.read_pool_max_waiting)
+        self.answers = Answers()  # with replicas, the primary's pool keeps them for all (``reads.routing``)
         # asyncpg's query loggers do not see prepared statements: ``replan`` times its own.
         self.slow = SlowStatements(self.names.pool, settings.slow_statement_ms) if settings.slow_statement_ms else None
 

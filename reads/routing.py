@@ -152,6 +152,7 @@ class Routed:
         # A replica in service always has its pool (``Replica.problem``); the primary is the fallback.
         self.pool = replicas.primary if replica is None or replica.pool is None else replica.pool
         self.route: Route = route if replica is not None else "primary"
+        self.answers = replicas.primary.answers  # a version names the same data on every database
         self.answered = False
 
     async def find(

@@ -111,6 +111,13 @@ READS_ROUTED = Counter(
     ["route"],
     registry=REGISTRY,
 )
+STATS_ANSWERS = Counter(
+    "stats_answers",
+    "Top products answers: computed, or reused (the product sales unchanged since this process computed"
+    " the same window and limit)",
+    ["result"],
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests answered", ["method", "route", "status"], registry=REGISTRY)
 HTTP_REQUEST_SECONDS = Histogram(
     "http_request_duration_seconds",

@@ -38,6 +38,8 @@ SERIES = {
     "db_replica_lag_seconds",
     "db_replica_healthy",
     "db_reads_routed",  # of db_reads_routed_total
+    # The top products' answers, computed or reused (tests/reads/test_stats.py).
+    "stats_answers",  # of stats_answers_total
 }
 POOL_SAMPLES = ["db_pool_size", "db_pool_in_use", "db_pool_max", "db_pool_waiting", "db_pool_timeouts_total"]
 ORDER = "/v1/orders/{id}"

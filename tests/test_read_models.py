@@ -223,8 +223,9 @@ def imported(spec: dict[str, Any], customers: list[int], products: list[int], to
 async def test_fifty_concurrent_pays_and_cancels_of_one_product_on_one_day_add_up(
     settings: Settings, db: asyncpg.Connection, stripes: int
 ) -> None:
-    """Every order is paid, and most are also cancelled: some after their pay, some racing it. With
-    one stripe every pay and cancel of the day queues on one row; with eight they spread."""
+    """Every order is paid, and most are also cancelled: some after their pay, some racing it, while
+    the top products are read. With one stripe every pay and cancel of the day queues on one row;
+    with eight they spread."""
     roomy = msgspec.structs.replace(
         settings, read_model_stripes=stripes, write_pool_max_waiting=200, write_pool_timeout=60.0
     )
@@ -244,8 +245,15 @@ async def test_fifty_concurrent_pays_and_cancels_of_one_product_on_one_day_add_u
         async def racing_cancel(order_id: int) -> list[int]:
             return [(await client.post(f"/v1/orders/{order_id}/cancel", headers=AUTH)).status_code]
 
+        async def reading() -> list[int]:  # the top products' answers kept and replaced meanwhile
+            return [
+                (await client.get("/v1/stats/products/top", params={"days": 7, "limit": 100})).status_code
+                for _ in range(10)
+            ]
+
         work = [pay_then_cancel(order_id, n) for n, order_id in enumerate(orders)]
         work += [racing_cancel(order_id) for n, order_id in enumerate(orders) if n % 3 == 1]
+        work += [reading() for _ in range(5)]
         outcomes = await asyncio.gather(*work)
 
         assert {code for codes in outcomes for code in codes} <= {200, 409}

@@ -57,7 +57,7 @@ ENDPOINTS = (
 # (name, before, after, arguments): the window and limit the endpoints above are asked for.
 QUESTIONS = (
     ("daily revenue, 30 days", oracle.DAILY_REVENUE, DAILY_REVENUE, (30,)),
-    ("top 10 products, 30 days", oracle.TOP_PRODUCTS, TOP_PRODUCTS, (30, 10)),
+    ("top 10 products, 30 days", oracle.TOP_PRODUCTS, TOP_PRODUCTS, (30, 10, None)),
     ("customer detail", oracle.CUSTOMER_DETAIL, CUSTOMER_DETAIL, (1,)),
 )
 CONCURRENCY = 5

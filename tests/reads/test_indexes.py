@@ -141,7 +141,7 @@ async def test_every_variant_of_the_order_list_keeps_its_index_under_a_generic_p
     [
         ("customer detail", CUSTOMER_DETAIL, (17,)),
         ("daily revenue", DAILY_REVENUE, (366,)),
-        ("top products", TOP_PRODUCTS, (366, 100)),
+        ("top products", TOP_PRODUCTS, (366, 100, None)),
     ],
 )
 async def test_the_aggregates_read_only_read_models_never_orders(

@@ -172,6 +172,39 @@ async def test_without_the_token_a_query_may_read_the_replica_before_it_has_the_
     assert current.status_code == 200
 
 
+async def test_a_kept_top_products_answer_serves_every_database_at_its_version_and_no_other(
+    database_url: str, delayed: Standby
+) -> None:
+    """The answers are kept once for the primary and its replicas, and a version names the same
+    product sales on each (its rows replicate with them): a replica behind computes its own answer,
+    never the one kept from the primary, and at the same version the kept answer is reused."""
+    settings = replica_settings(database_url, replica_url(delayed, database_url))
+    top = "/v1/stats/products/top"
+    async with replica_client(settings) as (_, client):
+        customer_id, product_id = await customer_and_product(client)
+        placed = await place_order(client, customer_id, product_id)
+        paid = await client.post(f"/v1/orders/{placed.json()['id']}/pay", headers=AUTH)
+        assert paid.status_code == 200, paid.text
+        current = await client.get(top, headers=with_token(paid))  # the primary, with the sale
+        stale = await client.get(top)  # the replica, 1.5 s behind: without it
+
+        async def replayed() -> bool:
+            return bool((await client.get(top)).json() == current.json())
+
+        await until(replayed, within=DELAY_MS / 1000 + 10)  # the replica's answer at the new version
+        before = await scrape(client)
+        created = await command(client, "/v1/customers", {"email": f"kept{next(_serial)}@example.com", "name": "A"})
+        again = await client.get(top, headers=with_token(created))  # the primary again: nothing sold since
+        after = await scrape(client)
+
+    sold = [(p["product_id"], p["name"], p["units"], p["revenue_cents"]) for p in current.json()["products"]]
+    assert sold == [(product_id, "Widget", 1, 1000)]
+    assert stale.json() == {"products": []}
+    assert again.json() == current.json()
+    assert routed(after, "primary") - routed(before, "primary") == 1
+    assert after("stats_answers_total", result="reused") - before("stats_answers_total", result="reused") == 1
+
+
 async def test_an_export_reads_every_batch_from_one_database(
     database_url: str, delayed: Standby, db: asyncpg.Connection
 ) -> None:
