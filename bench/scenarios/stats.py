@@ -3,7 +3,9 @@
 
 At each size:
 - the service's stats and customer-detail endpoints under wrk, 4 connections then 1 (they read the
-  read models);
+  read models; the top products reuse the answer the service kept while nothing sells);
+- the top products again at 4 connections while the service pays ``SALES_PER_SECOND`` orders, so
+  that answers are computed again after each sale;
 - the same questions as SQL on one connection in this process, before and after: the on-the-fly
   sums over orders the read models replaced (``bench.oracle``, the tests' oracle) against the
   service's read-model queries, alternating round by round. A call of the "before" queries at a
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -29,7 +32,9 @@ from functools import partial
 from unittest import mock
 
 import asyncpg
+import httpx
 import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench import oracle
@@ -84,7 +89,61 @@ def measure(ctx: Context) -> list[Measurement]:
                 results = [wrk(server.url, path, 1, ctx.sizes.seconds, connections=connections)]
                 case = f"GET {path.partition('?')[0]} · {size} · {connections} connection{'s' * (connections > 1)}"
                 measurements.append(pooled(SCENARIO, case, "service", results))
+        measurements.append(while_selling(ctx, server.url, size))
     return measurements + asyncio.run(before_and_after(ctx, size))
+
+
+# --- the top products while orders are paid -----------------------------------------------------------
+
+TOP = ENDPOINTS[1]
+SALES_PER_SECOND = 50  # a busy shop's pays (4 million a day), through the same service
+
+
+def while_selling(ctx: Context, url: str, size: str) -> Measurement:
+    """The top products at 4 connections while ``SALES_PER_SECOND`` orders of today are paid: each
+    pay changes the product sales, so the next request of the question ranks again instead of
+    reusing the kept answer. The share of answers computed comes from the service's metrics."""
+    customers, products = asyncio.run(demo_ids(ctx.database_url))
+    count = round(ctx.sizes.seconds * SALES_PER_SECOND * 2)  # more than the run can pay
+    payable = asyncio.run(pending_orders_of_today(ctx.database_url, customers, products, count))
+    stop, paid = threading.Event(), [0]
+    payer = threading.Thread(target=lambda: asyncio.run(pay_steadily(url, ctx.write_token, payable, stop, paid)))
+    before = answers_counted(url)
+    payer.start()
+    try:
+        result = wrk(url, TOP, 1, ctx.sizes.seconds, connections=CONNECTIONS[0])
+    finally:
+        stop.set()
+        payer.join(timeout=60)
+    after = answers_counted(url)
+    computed, answered = after["computed"] - before["computed"], sum(after.values()) - sum(before.values())
+    case = f"GET {TOP.partition('?')[0]} · {size} · {CONNECTIONS[0]} connections, {SALES_PER_SECOND} pays/s meanwhile"
+    measured = pooled(SCENARIO, case, "service", [result])
+    measured.extra.update(pays_per_s=paid[0] / result.seconds, computed_share=computed / max(answered, 1))
+    return measured
+
+
+async def pay_steadily(url: str, token: str, orders: list[int], stop: threading.Event, paid: list[int]) -> None:
+    """Pay ``orders`` one at a time, ``SALES_PER_SECOND`` a second, until ``stop`` or they run out."""
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        due = time.perf_counter()
+        while orders and not stop.is_set():
+            response = await http.post(f"/v1/orders/{orders.pop()}/pay")
+            if response.status_code != 200:
+                raise RuntimeError(f"a pay was refused: {response.status_code} {response.text}")
+            paid[0] += 1
+            due += 1 / SALES_PER_SECOND
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+
+
+def answers_counted(url: str) -> dict[str, float]:
+    """``stats_answers_total`` by result, from the service's /metrics."""
+    counted = {"computed": 0.0, "reused": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name == "stats_answers_total":
+                counted[sample.labels["result"]] = sample.value
+    return counted
 
 
 async def before_and_after(ctx: Context, size: str) -> list[Measurement]:
