@@ -113,11 +113,11 @@ async def top_products(reader: Reader, window: TopProductsWindow) -> TopProducts
     found = await reader.fetch(
         TOP_PRODUCTS, VersionedReport, window.days, window.limit, None if kept is None else kept.version
     )
-    if found.report is None and kept is not None:
-        STATS_ANSWERS_REUSED.inc()
-        return kept.value
-    if found.report is None:
+    if found.report is not None:
+        STATS_ANSWERS_COMPUTED.inc()
+        reader.answers.keep(question, Answer(found.version, found.report))
+        return found.report
+    if kept is None:  # the statement ranks whenever no version is given: never reached
         raise LookupError(f"the top products were unchanged from a version never given: {found.version}")
-    STATS_ANSWERS_COMPUTED.inc()
-    reader.answers.keep(question, Answer(found.version, found.report))
-    return found.report
+    STATS_ANSWERS_REUSED.inc()
+    return kept.value
