@@ -43,8 +43,8 @@ TOP_PRODUCTS = """
            )::text
     FROM (
         SELECT p.id AS product_id, p.sku, p.name,
-               sum(i.quantity)::bigint AS units,
-               sum(i.quantity::bigint * i.unit_price_cents)::bigint AS revenue_cents
+               sum(i.quantity::numeric) AS units,
+               sum(i.quantity::numeric * i.unit_price_cents) AS revenue_cents
         FROM orders o
         JOIN order_items i ON i.order_id = o.id
         JOIN products p ON p.id = i.product_id
@@ -66,7 +66,7 @@ CUSTOMER_DETAIL = f"""
         FROM customers c
         CROSS JOIN LATERAL (
             SELECT count(*) AS order_count,
-                   coalesce(sum(o.total_cents) FILTER (WHERE o.status IN ('paid', 'shipped')), 0)::bigint
+                   coalesce(sum(o.total_cents) FILTER (WHERE o.status IN ('paid', 'shipped')), 0)
                        AS lifetime_value_cents
             FROM orders o
             WHERE o.customer_id = c.id
@@ -91,7 +91,8 @@ READ_MODELS = {
         """SELECT (1 << k)::smallint AS days,
                   CASE WHEN k = 0 THEN d.day
                        ELSE date '0001-01-01' + (d.day - date '0001-01-01') / (1 << k) * (1 << k) END AS first_day,
-                  i.product_id, sum(i.quantity) AS units, sum(i.quantity::bigint * i.unit_price_cents) AS revenue_cents
+                  i.product_id, sum(i.quantity::numeric) AS units,
+                  sum(i.quantity::numeric * i.unit_price_cents) AS revenue_cents
              FROM orders o JOIN order_items i ON i.order_id = o.id, generate_series(0, 8) AS k,
                   LATERAL (SELECT (o.created_at AT TIME ZONE 'UTC')::date AS day) d
             WHERE o.status IN ('paid', 'shipped') AND (k = 0 OR isfinite(d.day))

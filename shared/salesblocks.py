@@ -32,7 +32,7 @@ def rolled_up(day_sums: str) -> tuple[str, str]:
     ctes = ",\n    ".join(
         f"""{names[k]} AS (
         SELECT first_day - (first_day - {EPOCH}) % {1 << k} AS first_day, product_id,
-               sum(units)::bigint AS units, sum(revenue_cents)::bigint AS revenue_cents
+               sum(units) AS units, sum(revenue_cents) AS revenue_cents
           FROM {names[k - 1]}{" WHERE isfinite(first_day)" if k == 1 else ""}
          GROUP BY 1, product_id
     )"""  # noqa: S608 - constants and the caller's name; no value

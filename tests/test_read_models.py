@@ -310,6 +310,8 @@ def test_the_migration_backfills_the_read_models_from_existing_orders(empty_data
     assert on(empty_database, disagreements) == {}
     counts = tuple(on(empty_database, lambda db: db.fetchrow(READ_MODEL_ROWS)))
     assert counts == (5, 10, 2)  # three days and the two infinite ones with sales; two products each; two customers
+    # Which orders were imported was never recorded: all are taken to hold their stock, as before (0006).
+    assert on(empty_database, lambda db: db.fetchval("SELECT bool_and(took_stock) FROM orders"))
 
 
 # --- the blocks of days ----------------------------------------------------------------------------

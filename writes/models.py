@@ -7,10 +7,12 @@ once, not a hidden query (which under asyncio would fail anyway, later and less 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
@@ -20,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
     SmallInteger,
     String,
@@ -27,6 +30,7 @@ from sqlalchemy import (
     TypeDecorator,
     Uuid,
     func,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -92,7 +96,8 @@ class Product(Base):
     name: Mapped[str] = mapped_column(Text, nullable=False)
     price_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
     stock: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    # Every order that takes or returns its stock bumps it: int4 would run out (``0005``).
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="1")
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
@@ -115,6 +120,9 @@ class Order(Base):
     # Items never change after placement, so the totals are stored once instead of summed per read.
     item_count: Mapped[int] = mapped_column(Integer, nullable=False)
     total_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # Placed orders take their quantities from stock, imported ones do not: a cancel returns only
+    # what the order took.
+    took_stock: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=true())
     version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
@@ -167,6 +175,9 @@ class IdempotencyKey(Base):
 # own transactions (``writes.readmodels``). Each holds sums only: every change is an atomic
 # increment, so none has a CHECK that a partial sum stays non-negative (a stripe may go below zero
 # when an order is paid on one connection and cancelled on another; the day's sum cannot).
+# Money and units are numeric: valid orders added up without end pass any fixed width, and then
+# every command adding to the row would fail, whoever sent it (``0005``). Order counts are bigint:
+# a count never exceeds the number of orders, whose ids are bigint.
 
 
 class SalesDaily(Base):
@@ -178,7 +189,7 @@ class SalesDaily(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     stripe: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     orders: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    revenue_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    revenue_cents: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
 
 
 class ProductSales(Base):
@@ -195,8 +206,8 @@ class ProductSales(Base):
     days: Mapped[int] = mapped_column(SmallInteger)
     first_day: Mapped[date] = mapped_column(Date)
     product_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("products.id"))
-    units: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    revenue_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    units: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+    revenue_cents: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
 
 
 class ProductSalesVersion(Base):
@@ -219,4 +230,4 @@ class CustomerTotals(Base):
 
     customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id"), primary_key=True)
     order_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    lifetime_value_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    lifetime_value_cents: Mapped[Decimal] = mapped_column(Numeric, nullable=False)

@@ -9,7 +9,9 @@ command that fails changes nothing.
 Every change is an increment (``INSERT ... ON CONFLICT DO UPDATE SET x = x + EXCLUDED.x``): no value
 is read and written back, so concurrent commands add up instead of overwriting each other. The
 increments are summed in SQL from the rows the command wrote, so an import of 100 000 orders is
-one set-based statement and a pay is the same statement for one order.
+one set-based statement and a pay is the same statement for one order. Money and units are summed
+and kept in ``numeric`` (migration ``0005``): valid orders add up past bigint, and no command may
+fail because of what other clients sold.
 
 Lock order: the read-model rows are the last rows a command locks, table by table in one order and
 by key within each table, so two commands never wait on each other's read-model rows in a cycle.

@@ -63,7 +63,7 @@ RANKING = f"""
     FROM (
         SELECT p.id AS product_id, p.sku, p.name, sold.units, sold.revenue_cents
         FROM (
-            SELECT s.product_id, sum(s.units)::bigint AS units, sum(s.revenue_cents)::bigint AS revenue_cents
+            SELECT s.product_id, sum(s.units) AS units, sum(s.revenue_cents) AS revenue_cents
             FROM ({window_blocks("$1::int")}) b
             CROSS JOIN LATERAL (
                 SELECT product_id, units, revenue_cents

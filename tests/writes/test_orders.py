@@ -14,7 +14,17 @@ from shared.app import create_app
 from shared.config import Settings
 from shared.errors import InsufficientStock
 from tests.support import AUTH, running_client
-from tests.writes.support import assert_problem, new_customer, new_order, new_product, place, rfc3339
+from tests.writes.support import (
+    NDJSON,
+    assert_problem,
+    line,
+    ndjson,
+    new_customer,
+    new_order,
+    new_product,
+    place,
+    rfc3339,
+)
 from writes.db import WritePool
 from writes.handlers.orders import move_stock
 
@@ -196,6 +206,37 @@ async def test_cancel_returns_the_stock_of_every_line(
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled"
     assert await stocks(db) == {a: 10, b: 4}
+
+
+async def test_cancelling_an_imported_order_returns_no_stock_it_never_took(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    customer_id = await new_customer(client)
+    mug = await new_product(client, "MUG", stock=5)
+    body = ndjson(line(customer_id, (mug, 3, 100), status="pending"), line(customer_id, (mug, 2, 100), status="paid"))
+    assert (await client.post("/v1/orders/import", content=body, headers=NDJSON)).status_code == 200
+    assert await stocks(db) == {mug: 5}  # an import leaves stock untouched
+    for order_id in await db.fetchval("SELECT array_agg(id) FROM orders"):
+        response = await client.post(f"/v1/orders/{order_id}/cancel", headers=AUTH)
+        assert response.status_code == 200, response.text
+    assert await stocks(db) == {mug: 5}  # and so do their cancels
+    placed = await new_order(client, customer_id, (mug, 4))
+    assert (await client.post(f"/v1/orders/{placed['id']}/cancel", headers=AUTH)).status_code == 200
+    assert await stocks(db) == {mug: 5}  # a placed order's cancel returns what it took
+
+
+async def test_orders_go_on_taking_a_products_stock_past_two_billion_changes(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Every order bumps its products' versions: a popular product passes int4 in its lifetime."""
+    customer_id = await new_customer(client)
+    mug = await new_product(client, "MUG", stock=5)
+    await db.execute("UPDATE products SET version = 2147483647")
+    order = await new_order(client, customer_id, (mug, 1))
+    response = await client.post(f"/v1/orders/{order['id']}/cancel", headers=AUTH)
+    assert response.status_code == 200, response.text
+    product = await client.get(f"/v1/products/{mug}")
+    assert (product.json()["version"], product.headers["etag"]) == (2**31 + 1, f'"{2**31 + 1}"')
 
 
 async def test_a_stale_if_match_is_412_and_leaves_the_order_unchanged(

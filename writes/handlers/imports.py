@@ -42,8 +42,9 @@ RESERVE_ORDER_IDS = text("""
     SELECT array_agg(id ORDER BY id)
       FROM (SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id FROM generate_series(1, :n)) AS reserved
 """)
-# version is left to its server default, as a placed order's is.
-ORDER_COLUMNS = ("id", "customer_id", "status", "item_count", "total_cents", "created_at", "updated_at")
+# version is left to its server default, as a placed order's is. took_stock is false: an import
+# leaves stock untouched, so cancelling an imported order returns none.
+ORDER_COLUMNS = ("id", "customer_id", "status", "item_count", "total_cents", "took_stock", "created_at", "updated_at")
 ITEM_COLUMNS = ("order_id", "line_no", "product_id", "quantity", "unit_price_cents")
 
 
@@ -69,7 +70,16 @@ def _order_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterato
         total_cents = sum(item.quantity * item.unit_price_cents for item in order.items)
         # The validated instant, aware and within the storable range, goes in as it is; the
         # driver sends it in UTC exactly as the ORM's INSERT did.
-        yield order_id, order.customer_id, order.status, item_count, total_cents, order.created_at, order.created_at
+        yield (
+            order_id,
+            order.customer_id,
+            order.status,
+            item_count,
+            total_cents,
+            False,
+            order.created_at,
+            order.created_at,
+        )
 
 
 def _item_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterator[tuple[int, ...]]:

@@ -86,9 +86,10 @@ async def ship_order(order_id: int, if_match: IfMatch, session: AsyncSession) ->
 async def cancel_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
     was = await change_status(session, order_id, if_match, CANCEL)
     order = await load_order(session, order_id)
-    returned = {item.product_id: item.quantity for item in order.items}
-    await lock_products(session, returned)
-    await move_stock(session, returned)
+    if order.took_stock:  # an imported order never took any: returning it would mint stock
+        returned = {item.product_id: item.quantity for item in order.items}
+        await lock_products(session, returned)
+        await move_stock(session, returned)
     if was == "paid":
         await readmodels.record(session, readmodels.REFUNDED, [order_id])
     return order_view(order)
