@@ -18,6 +18,10 @@ Id = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 Cents = Annotated[int, Meta(ge=0, le=100_000_000_000)]
 StockLevel = Annotated[int, Meta(ge=0, le=1_000_000_000)]
 RestockQuantity = Annotated[int, Meta(ge=1, le=1_000_000_000)]
+# The most a restock brings a product's stock to (a 409 past it): restocks of valid sizes add up
+# without end, and a bigint would overflow. Cancels return what orders took, which may lift stock
+# above it by what is out in orders: bigint's 9.2 * 10**18 stays 9 000 times as far.
+MAX_STOCK = 10**15
 LineQuantity = Annotated[int, Meta(ge=1, le=1000)]
 # PostgreSQL text cannot hold NUL (\x00), so no string that reaches it may contain one. The lengths
 # are checked before the patterns, which bounds the patterns' work.

@@ -56,6 +56,9 @@ class SkuTaken(ApiError): ...
 class InsufficientStock(ApiError): ...
 
 
+class StockLimit(ApiError): ...
+
+
 class InvalidTransition(ApiError): ...
 
 
@@ -126,6 +129,7 @@ PROBLEMS: dict[type[ApiError], ProblemKind] = {
     EmailTaken: ProblemKind(409, "Email already taken", "/problems/email-taken"),
     SkuTaken: ProblemKind(409, "SKU already taken", "/problems/sku-taken"),
     InsufficientStock: ProblemKind(409, "Insufficient stock", "/problems/insufficient-stock"),
+    StockLimit: ProblemKind(409, "Stock limit reached", "/problems/stock-limit"),
     InvalidTransition: ProblemKind(409, "Invalid status transition", "/problems/invalid-transition"),
     RequestInProgress: ProblemKind(
         409, "Request with this idempotency key is in progress", "/problems/request-in-progress"

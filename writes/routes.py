@@ -66,11 +66,16 @@ def command(
 
 
 def product_change(
-    path: str, body: type[C], handler: Callable[[int, C, AsyncSession], Awaitable[ProductView]], *, summary: str
+    path: str,
+    body: type[C],
+    handler: Callable[[int, C, AsyncSession], Awaitable[ProductView]],
+    *,
+    summary: str,
+    conflicts: bool = False,
 ) -> Route:
-    @operation(
-        summary, tag="products", body=body, headers=IDEMPOTENT, responses={200: ProductView, 404: Problem, **REFUSALS}
-    )
+    responses = {200: ProductView, 404: Problem, **({409: Problem} if conflicts else {}), **REFUSALS}
+
+    @operation(summary, tag="products", body=body, headers=IDEMPOTENT, responses=responses)
     async def endpoint(request: Request) -> Response:
         incoming = await accept_json(request, body)
         product_id = path_id(request, "product")
@@ -142,7 +147,13 @@ ROUTES: list[BaseRoute] = [
         summary="Create a product",
         responses={201: ProductView, 409: Problem},
     ),
-    product_change("/v1/products/{id:id}/restock", Restock, handlers.restock_product, summary="Add stock to a product"),
+    product_change(
+        "/v1/products/{id:id}/restock",
+        Restock,
+        handlers.restock_product,
+        summary="Add stock to a product (409 past the stock limit)",
+        conflicts=True,
+    ),
     product_change(
         "/v1/products/{id:id}/reprice",
         Reprice,

@@ -23,7 +23,7 @@ from shared.config import Settings
 from shared.dto import ImportedOrder
 from writes.db import WritePool
 from writes.handlers import OrderImport, import_orders
-from writes.handlers.imports import ITEM_COLUMNS, ORDER_COLUMNS
+from writes.handlers.imports import ITEM_COLUMNS, ORDER_COLUMNS, item_records, order_records
 from writes.models import Order, OrderItem
 from writes.seed import demo_order
 
@@ -109,29 +109,6 @@ RESERVE_IDS = "SELECT array_agg(nextval(pg_get_serial_sequence('orders', 'id')))
 async def via_bare_copy(url: str, orders: list[ImportedOrder]) -> object:
     async with connected(url) as connection, connection.transaction():
         ids = await connection.fetchval(RESERVE_IDS, len(orders))
-        await connection.copy_records_to_table("orders", records=order_rows(ids, orders), columns=ORDER_COLUMNS)
-        await connection.copy_records_to_table("order_items", records=item_rows(ids, orders), columns=ITEM_COLUMNS)
+        await connection.copy_records_to_table("orders", records=order_records(ids, orders), columns=ORDER_COLUMNS)
+        await connection.copy_records_to_table("order_items", records=item_records(ids, orders), columns=ITEM_COLUMNS)
     return None
-
-
-def order_rows(ids: list[int], orders: list[ImportedOrder]) -> list[tuple[object, ...]]:
-    return [
-        (
-            order_id,
-            o.customer_id,
-            o.status,
-            sum(i.quantity for i in o.items),
-            sum(i.quantity * i.unit_price_cents for i in o.items),
-            o.created_at,
-            o.created_at,
-        )
-        for order_id, o in zip(ids, orders, strict=True)
-    ]
-
-
-def item_rows(ids: list[int], orders: list[ImportedOrder]) -> list[tuple[object, ...]]:
-    return [
-        (order_id, n, i.product_id, i.quantity, i.unit_price_cents)
-        for order_id, o in zip(ids, orders, strict=True)
-        for n, i in enumerate(o.items, start=1)
-    ]

@@ -15,7 +15,8 @@ would pass int4's 2 147 483 647 in its lifetime (248 days at 100 orders a second
 order of it from then on; bigint lasts 292 years at a billion bumps a second.
 
 Each ALTER rewrites its table under an ACCESS EXCLUSIVE lock: commands and queries on these tables
-wait for it (about 2 s for the read models of a million orders; docs/operating.md).
+wait for it (0.3 s for the read models of the 100 000 demo orders here, 175 000 block rows; it grows
+with those rows; docs/operating.md).
 """
 
 from collections.abc import Sequence

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import httpx
 
+from shared.dto import MAX_STOCK
 from tests.support import AUTH
 from tests.writes.support import assert_problem, new_customer, new_order, new_product, rfc3339
 
@@ -63,6 +64,20 @@ async def test_restock_of_zero_is_422_and_changes_nothing(client: httpx.AsyncCli
     response = await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 0}, headers=AUTH)
     assert_problem(response, 422, "$.quantity")
     assert await db.fetchval("SELECT stock FROM products") == 3
+
+
+async def test_a_restock_past_the_stock_limit_is_409_naming_it_and_changes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    product_id = await new_product(client, stock=3)
+    await db.execute("UPDATE products SET stock = $1", MAX_STOCK - 10)
+    response = await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 11}, headers=AUTH)
+    assert_problem(response, 409, f"product {product_id} has {MAX_STOCK - 10} in stock", str(MAX_STOCK))
+    assert response.json()["type"] == "/problems/stock-limit"
+    assert tuple(await db.fetchrow("SELECT stock, version FROM products")) == (MAX_STOCK - 10, 1)
+    response = await client.post(f"/v1/products/{product_id}/restock", json={"quantity": 10}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["stock"] == MAX_STOCK  # up to the limit itself
 
 
 async def test_restock_and_reprice_of_an_unknown_product_are_404_naming_it(client: httpx.AsyncClient) -> None:

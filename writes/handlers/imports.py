@@ -54,17 +54,17 @@ async def import_orders(command: OrderImport, session: AsyncSession) -> ImportRe
     driver = await _driver_connection(session)
     async with _wrapped_like_sqlalchemy(driver, f"COPY {Order.__tablename__}"):
         await driver.copy_records_to_table(
-            Order.__tablename__, records=_order_records(order_ids, command.orders), columns=ORDER_COLUMNS
+            Order.__tablename__, records=order_records(order_ids, command.orders), columns=ORDER_COLUMNS
         )
     async with _wrapped_like_sqlalchemy(driver, f"COPY {OrderItem.__tablename__}"):
         await driver.copy_records_to_table(
-            OrderItem.__tablename__, records=_item_records(order_ids, command.orders), columns=ITEM_COLUMNS
+            OrderItem.__tablename__, records=item_records(order_ids, command.orders), columns=ITEM_COLUMNS
         )
     await readmodels.record(session, readmodels.IMPORTED, order_ids)
     return ImportResult(imported=len(order_ids))
 
 
-def _order_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterator[tuple[object, ...]]:
+def order_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterator[tuple[object, ...]]:
     for order_id, order in zip(order_ids, orders, strict=True):
         item_count = sum(item.quantity for item in order.items)
         total_cents = sum(item.quantity * item.unit_price_cents for item in order.items)
@@ -82,7 +82,7 @@ def _order_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterato
         )
 
 
-def _item_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterator[tuple[int, ...]]:
+def item_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterator[tuple[int, ...]]:
     for order_id, order in zip(order_ids, orders, strict=True):
         for line_no, item in enumerate(order.items, start=1):
             yield order_id, line_no, item.product_id, item.quantity, item.unit_price_cents
