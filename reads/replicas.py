@@ -7,6 +7,9 @@ has replayed it, on connections of its own (``Probe``). While a query waits for 
 past its ``Consistency-Token`` the monitor reads just the replay positions, every ``POLL_GAP``: one
 small query per replica however many queries wait.
 
+A replica replays a migration after the primary: until it is at the revision this process expects
+(``Monitor.schema_head``) it lacks what the queries read, and it is out of service.
+
 A replica's lag is how long ago the primary stood where the replica stands now (0 when it has
 replayed the primary's last known position). ``now() - pg_last_xact_replay_timestamp()`` alone
 would mislead: on a quiet primary the last commit is old, so a replica lacking only the newest
@@ -31,6 +34,7 @@ from shared.dbfailures import PoolNames, classify
 from shared.errors import ServiceUnavailable
 from shared.metrics import REPLICA_HEALTHY, REPLICA_LAG_SECONDS, publish_sizes
 from shared.roles import read_session
+from shared.schema import CURRENT_REVISION_SQL
 
 log = logging.getLogger("orders_api.replicas")
 
@@ -39,11 +43,16 @@ PROBE_TIMEOUT = 0.5  # seconds a probe, or opening the monitor's connection for 
 POLL_GAP = 0.005  # seconds between reads of the replay positions while a query waits for them
 HISTORY = 300  # the primary's positions kept: a minute of rounds, the longest lag measured exactly
 
-# Everything a round needs from a replica, in one round trip.
-REPLICA_PROBE = """
+# Everything a round needs from a replica, in one round trip. Its migration revision too: a replica
+# replays a migration after the primary, and until then it lacks what this process's queries read.
+# A database never migrated has no alembic_version, and the statement fails (UndefinedTableError):
+# no guard in the statement helps, since its table names are resolved when it is parsed, before a
+# to_regclass() could run, and the functions that run a query given as text need an XML-enabled server.
+REPLICA_PROBE = f"""
     SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
-           extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
-"""
+           extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,
+           ({CURRENT_REVISION_SQL})
+"""  # noqa: S608 - composed of constants only
 REPLAYED = "SELECT pg_last_wal_replay_lsn()::text"
 # The position a command's Consistency-Token carries (writes.db), and the WAL's page size (see covers).
 PRIMARY_POSITION = "SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int"
@@ -52,6 +61,17 @@ IN_RECOVERY = "SELECT pg_is_in_recovery()"
 UNREACHABLE = "unreachable"
 NOT_A_STANDBY = "is not a standby (pg_is_in_recovery() is false)"
 POOL_FAILED = "has no read pool: opening it failed (the log says why)"
+LACKS_SCHEMA = (
+    "lacks a table, column or function a query needs, which the primary has: waiting for it to replay the migration"
+)
+# What a query meets on a replica that has not replayed a migration yet (SQLSTATE 42P01, 42703,
+# 42883, 42704). On the primary the same error is a bug, and a 500.
+SCHEMA_BEHIND = (
+    asyncpg.UndefinedTableError,
+    asyncpg.UndefinedColumnError,
+    asyncpg.UndefinedFunctionError,
+    asyncpg.UndefinedObjectError,
+)
 # Only what a probe can meet from the driver or the network: anything else is a bug, for the round's log.
 PROBE_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
@@ -68,6 +88,13 @@ def covers(replayed: int, position: int, wal_page: int) -> bool:
     return replayed >= position or (replayed % wal_page == 0 and position - replayed <= LONG_PAGE_HEADER)
 
 
+def schema_behind(revision: str | None, head: str) -> str:
+    found = "has no schema" if revision is None else f"schema at {revision}"
+    # Behind (a migration not replayed yet) or ahead (this process is older than the schema): the
+    # queries of this process may fail there either way.
+    return f"{found}, this process expects {head}: out of service until they match"
+
+
 def replica_names(name: str, number: int) -> PoolNames:
     return PoolNames(
         f"read pool {name}", f"READ_DATABASE_URL (host {number})", "READ_POOL_MAX_SIZE", "READ_POOL_ACQUIRE_TIMEOUT",
@@ -81,9 +108,16 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     return {"server_settings": {**session, "application_name": "orders-api:monitor"}, "statement_cache_size": 0}
 
 
-async def is_standby(settings: Settings, dsn: str) -> bool:
-    """``pg_is_in_recovery()`` on ``dsn``, asked once at start-up: an unreachable database raises."""
-    connection = await asyncpg.connect(dsn, timeout=settings.read_pool_acquire_timeout, **connect_options(settings))
+async def is_standby(settings: Settings, dsn: str) -> bool | None:
+    """``pg_is_in_recovery()`` on ``dsn``, asked once at start-up; None when the database does not
+    answer. Any other failure (a wrong password, no such database) raises."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=settings.read_pool_acquire_timeout, **connect_options(settings))
+    except Exception as exc:
+        if classify(exc) is None:
+            raise
+        log.warning("READ_DATABASE_URL does not answer at start-up: %s: %s", type(exc).__name__, exc)
+        return None
     try:
         return bool(await connection.fetchval(IN_RECOVERY))
     finally:
@@ -110,6 +144,11 @@ class Probe:
                 if self.connection is None:
                     self.connection = await asyncpg.connect(self.dsn, **self.options)
                 row = await self.connection.fetchrow(sql)
+        except asyncpg.UndefinedTableError:
+            # It answers, on a sound connection, but lacks a table the statement reads: the caller's
+            # finding, not a failure of the database.
+            self.answering = True
+            raise
         except PROBE_FAILURES as exc:
             if self.answering:
                 why = str(exc) or f"no answer within {PROBE_TIMEOUT} s"
@@ -190,6 +229,12 @@ class Replica:
         """A query failed here: no request chooses it until the monitor's next round finds it well."""
         self.found(f"failed a query ({failure})")
 
+    def set_aside_for_schema(self, missing: asyncpg.PostgresError) -> None:
+        """A query met something this replica lacks and the primary has: it has not replayed a
+        migration yet. No request chooses it until the monitor finds it at the schema head."""
+        log.warning("%s: a query failed, its schema is behind: %s: %s", self.name, type(missing).__name__, missing)
+        self.found(LACKS_SCHEMA)
+
     async def open_pool(self) -> None:
         """Its read pool; a replica that does not answer is left without one, for the monitor to retry.
         Anything else (a wrong password, a misconfigured role behind PgBouncer) raises."""
@@ -224,11 +269,13 @@ def lag(history: Sequence[tuple[float, int]], replayed: int, replay_age: float, 
 
 
 class Monitor:
-    """The background task that keeps each ``Replica``'s health, replay position and lag current."""
+    """The background task that keeps each ``Replica``'s health, replay position and lag current.
+    A replica serves only at ``schema_head``, the migration revision this process's queries expect."""
 
-    def __init__(self, primary: Probe, replicas: Sequence[Replica]) -> None:
+    def __init__(self, primary: Probe, replicas: Sequence[Replica], schema_head: str) -> None:
         self.primary = primary
         self.replicas = replicas
+        self.schema_head = schema_head
         self.history: deque[tuple[float, int]] = deque(maxlen=HISTORY)  # see lag()
         self.wal_page = 8192  # PostgreSQL's default, until the primary says
         self.waiting = 0  # queries waiting for a replica to replay past their token
@@ -270,11 +317,15 @@ class Monitor:
         self._wake_waiters()
 
     async def _probe_replica(self, replica: Replica) -> None:
-        row = await replica.probe.ask(REPLICA_PROBE)
+        try:
+            row = await replica.probe.ask(REPLICA_PROBE)
+        except asyncpg.UndefinedTableError:  # no alembic_version: never migrated
+            replica.found(schema_behind(None, self.schema_head))
+            return
         if row is None:
             replica.found(UNREACHABLE)
             return
-        in_recovery, replayed, replay_age = row
+        in_recovery, replayed, replay_age, revision = row
         if not in_recovery:
             replica.found(NOT_A_STANDBY)
             return
@@ -290,7 +341,7 @@ class Monitor:
         if replayed is not None:
             replica.replayed = lsn_from_text(replayed)
         replica.replay_age = replay_age
-        replica.found(None)
+        replica.found(None if revision == self.schema_head else schema_behind(revision, self.schema_head))
 
     async def _between_rounds(self) -> None:
         """Until the next round: asleep, or reading the replay positions while a query waits for them."""

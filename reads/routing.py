@@ -9,12 +9,16 @@ is ``Replicas``, which chooses per request:
 - A replica that fails the request's first query (unreachable, connection lost, pool exhausted,
   statement timeout, a recovery conflict) is set aside until the monitor finds it well again, and the
   query runs on the primary: a client sees an answer, not a 503.
+- A replica serves only at the migration revision this process expects. One that has not replayed a
+  migration yet is set aside by the monitor; and when a query meets a table, column or function the
+  replica lacks before the monitor's next round, the primary answers it and the replica is set aside.
 
 One database answers every query of a request: an export reads all its batches from one.
 
 When READ_DATABASE_URL names one database that is not a standby (the primary itself, PgBouncer in
 front of it) or is unset, the read side is one ``ReadPool``, always current: a token is checked and
-needs nothing more.
+needs nothing more. One database that does not answer at start-up is taken for a replica out of
+service, as any host of several would be: nothing waits for it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Literal, TypeVar
 from starlette.requests import Request
 
 from reads.db import Database, Reader, ReadPool
-from reads.replicas import Monitor, Probe, Replica, is_standby
+from reads.replicas import SCHEMA_BEHIND, Monitor, Probe, Replica, is_standby
 from shared.config import Settings, asyncpg_dsn
 from shared.consistency import HEADER, decode_token
 from shared.dbfailures import PoolNames
@@ -45,13 +49,14 @@ PRIMARY = PoolNames(
 )  # fmt: skip
 
 
-async def open_read_side(settings: Settings) -> Pool:
+async def open_read_side(settings: Settings, schema_head: str) -> Pool:
     """The read side's pool: ``Replicas`` when READ_DATABASE_URL names streaming replicas (several
-    hosts, or one in recovery), else one ``ReadPool``."""
+    hosts, or one in recovery or not answering), else one ``ReadPool``. A replica serves only at
+    ``schema_head``, the migration revision this process expects."""
     urls = settings.read_host_urls
-    if len(urls) == 1 and not await is_standby(settings, asyncpg_dsn(urls[0])):
+    if len(urls) == 1 and await is_standby(settings, asyncpg_dsn(urls[0])) is False:
         urls = []
-    return await Replicas.open(settings, urls) if urls else await ReadPool.open(settings)
+    return await Replicas.open(settings, urls, schema_head) if urls else await ReadPool.open(settings)
 
 
 async def reader(request: Request) -> Reader:
@@ -70,24 +75,24 @@ class Replicas:
     """The read side's pool with replicas. To /readyz and the metrics it is the primary's read pool,
     which must answer; a replica that does not only degrades the service (``degraded``)."""
 
-    def __init__(self, primary: ReadPool, replicas: Sequence[Replica], settings: Settings) -> None:
+    def __init__(self, primary: ReadPool, replicas: Sequence[Replica], settings: Settings, schema_head: str) -> None:
         self.primary = primary
         self.replicas = replicas
         self.names = primary.names
         self.timeout = primary.timeout
         self.consistency_wait = settings.read_consistency_wait_ms / 1000
-        self.monitor = Monitor(Probe("primary", primary.database.dsn, settings), replicas)
+        self.monitor = Monitor(Probe("primary", primary.database.dsn, settings), replicas, schema_head)
         self._turns = itertools.count()
         self.routed = {route: READS_ROUTED.labels(route) for route in ("replica", "waited", "primary")}
 
     @classmethod
-    async def open(cls, settings: Settings, urls: Sequence[str]) -> Replicas:
+    async def open(cls, settings: Settings, urls: Sequence[str], schema_head: str) -> Replicas:
         """The primary's read pool (unreachable, it stops start-up), a pool per replica (unreachable,
         the replica starts out of service and the monitor retries), and the monitor, after a first round."""
         size = settings.read_primary_pool_max_size
         primary = Database(asyncpg_dsn(settings.write_url), PRIMARY, min(settings.read_pool_min_size, size), size)
         pool = await ReadPool.open(settings, primary)
-        replicas = cls(pool, [Replica(n, url, settings) for n, url in enumerate(urls, 1)], settings)
+        replicas = cls(pool, [Replica(n, url, settings) for n, url in enumerate(urls, 1)], settings, schema_head)
         try:
             for replica in replicas.replicas:
                 await replica.open_pool()
@@ -174,8 +179,19 @@ class Routed:
             if self.replica is None:
                 raise
             self.replica.set_aside(exc)
-            self.replica, self.pool, self.route = None, self.replicas.primary, "primary"
-            answer = await query(self.pool)
+            answer = await self._on_primary(query)
+        except SCHEMA_BEHIND as exc:
+            if self.replica is None:
+                raise
+            replica = self.replica
+            # Where the primary fails alike, the query is at fault, not the replica: that error is
+            # the answer, and the replica keeps serving.
+            answer = await self._on_primary(query)
+            replica.set_aside_for_schema(exc)
         self.answered = True
         self.replicas.routed[self.route].inc()
         return answer
+
+    async def _on_primary(self, query: Callable[[ReadPool], Awaitable[T]]) -> T:
+        self.replica, self.pool, self.route = None, self.replicas.primary, "primary"
+        return await query(self.pool)

@@ -53,7 +53,7 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
         async with AsyncExitStack() as stack:
             pools: dict[Role, Pool] = {}
             for side in sides:
-                pool = await side.open_pool(settings)
+                pool = await side.open_pool(settings, head)
                 stack.push_async_callback(pool.close)
                 pools[side.role] = pool
             resources = Resources(settings=settings, pools=pools, schema_head=head)

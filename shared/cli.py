@@ -176,7 +176,7 @@ def require_session_settings(settings: Settings, sides: Sequence[Side]) -> None:
 
     async def open_each() -> None:
         for side in sides:
-            await (await side.open_pool(settings)).close()
+            await (await side.open_pool(settings, head_revision())).close()
 
     try:
         asyncio.run(open_each())

@@ -50,9 +50,12 @@ class Degradable(Protocol):
 
 @dataclass(frozen=True)
 class Side:
+    """``open_pool(settings, schema_head)``: ``schema_head`` is the migration revision this process
+    expects, which the read side holds its replicas to; the write side has no use for it."""
+
     role: Role
     routes: Sequence[BaseRoute]
-    open_pool: Callable[[Settings], Awaitable[Pool]]
+    open_pool: Callable[[Settings, str], Awaitable[Pool]]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shared.config import Settings
 from shared.dto import (
     CreateCustomer,
     CreateProduct,
@@ -179,4 +180,11 @@ ROUTES: list[BaseRoute] = [
     ),
 ]
 
-SIDE = Side(role="writes", routes=ROUTES, open_pool=WritePool.open)
+
+async def open_write_side(settings: Settings, schema_head: str) -> WritePool:
+    """The write pool. ``schema_head`` is for the read side's replicas, which replay a migration
+    late; the primary's schema is /readyz's to check."""
+    return await WritePool.open(settings)
+
+
+SIDE = Side(role="writes", routes=ROUTES, open_pool=open_write_side)

@@ -1,7 +1,7 @@
 """Reads from streaming replicas, on a real hot standby (tests/replica.py): a query with a command's
 Consistency-Token always sees the command, one without may read a replica that has not replayed it
-yet, a replica that stops or lags is set aside (reads go on from the primary, /readyz and /metrics
-name it), and a malformed token is a 400 that reads nothing."""
+yet, a replica that stops, lags or has not replayed a migration is set aside (reads go on from the
+primary, /readyz and /metrics name it), and a malformed token is a 400 that reads nothing."""
 
 from __future__ import annotations
 
@@ -17,14 +17,17 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from starlette.applications import Starlette
 
+from bench.servers import free_port
 from reads.db import ReadPool
 from reads.replicas import LONG_PAGE_HEADER, covers, lag
-from reads.routing import Replicas
+from reads.routing import Replicas, Routed
 from shared.app import create_app
 from shared.config import Settings
 from shared.consistency import HEADER, encode_token
+from shared.schema import alembic_config, head_revision
 from tests.reads.test_export import insert_orders
 from tests.replica import Standby
 from tests.support import AUTH, WRITE_TOKEN, eventually, running_client
@@ -47,6 +50,7 @@ def replica_settings(database_url: str, read_database_url: str, **changes: Any) 
         database_url=database_url,
         read_database_url=read_database_url,
         write_api_tokens=(WRITE_TOKEN,),
+        read_api_open=True,
         read_pool_min_size=1,
         **changes,
     )
@@ -324,6 +328,160 @@ async def test_a_replica_unreachable_at_start_up_is_out_of_service_not_fatal(
     assert [read.status_code for read in reads] == [200] * 4
     assert found("db_replica_healthy", replica="replica-1") == 1
     assert found("db_replica_healthy", replica="replica-2") == 0
+
+
+async def test_a_single_replica_down_at_start_up_is_out_of_service_not_fatal(
+    database_url: str, standby: Standby
+) -> None:
+    # Nothing listens at a free port: a connection is refused at once.
+    parts = urlsplit(replica_url(standby, database_url))
+    credentials, at, _ = parts.netloc.rpartition("@")
+    closed = urlunsplit(parts._replace(netloc=f"{credentials}{at}127.0.0.1:{free_port()}"))
+    async with replica_client(replica_settings(database_url, closed)) as (_, client):
+        ready = await client.get("/readyz")
+        reads = [await client.get("/v1/orders") for _ in range(3)]
+        found = await scrape(client)
+    assert ready.status_code == 200
+    assert ready.text == "ready; degraded: replica-1 unreachable", ready.text
+    assert [read.status_code for read in reads] == [200] * 3
+    assert routed(found, "primary") >= 3
+    assert found("db_replica_healthy", replica="replica-1") == 0
+
+
+async def test_a_single_replica_down_at_start_up_serves_once_it_is_up(database_url: str, caught_up: Standby) -> None:
+    settings = replica_settings(database_url, replica_url(caught_up, database_url))
+    await asyncio.to_thread(caught_up.stop)
+    try:
+        async with replica_client(settings) as (app, client):
+            down = await client.get("/readyz")
+            read_while_down = await client.get("/v1/orders")
+            await asyncio.to_thread(caught_up.start)
+            replica = replicas_of(app).replicas[0]
+            await eventually(lambda: replica.fresh, within=30)  # the monitor found it, and opened its pool
+            up = await client.get("/readyz")
+            before = await scrape(client)
+            read_while_up = await client.get("/v1/orders")
+            after = await scrape(client)
+    finally:
+        if not caught_up.running:
+            await asyncio.to_thread(caught_up.start)
+    assert (down.status_code, down.text) == (200, "ready; degraded: replica-1 unreachable")
+    assert read_while_down.status_code == 200
+    assert (up.status_code, up.text) == (200, "ready")
+    assert read_while_up.status_code == 200
+    assert routed(after, "replica") == routed(before, "replica") + 1
+
+
+async def test_a_single_replica_that_refuses_the_service_for_another_reason_stops_start_up(
+    database_url: str, standby: Standby
+) -> None:
+    # Not "unreachable": a database the server does not have is a misconfiguration to fix, not to wait out.
+    settings = replica_settings(database_url, standby.url("no_such_database"))
+    with pytest.raises(asyncpg.InvalidCatalogNameError):
+        async with running_client(create_app(settings)):
+            pass
+
+
+# --- a replica behind the schema ----------------------------------------------------------------------
+
+MIGRATION_DELAY_MS = 4000  # how late the standby replays the migration: the test's requests go first
+
+
+def previous_revision(head: str) -> str:
+    down = ScriptDirectory.from_config(alembic_config("postgresql://unused/db")).get_revision(head).down_revision
+    assert isinstance(down, str), down
+    return down
+
+
+async def set_schema(db: asyncpg.Connection, *, table: str, revision: str) -> None:
+    """The primary at ``revision``, ``product_sales_versions`` (which the top products read) named
+    ``table``, in one transaction: a migration as a replica replays it, all at once."""
+    async with db.transaction():
+        current = "product_sales_versions_held" if table == "product_sales_versions" else "product_sales_versions"
+        await db.execute(f"ALTER TABLE {current} RENAME TO {table}")
+        await db.execute("UPDATE alembic_version SET version_num = $1", revision)
+
+
+async def test_a_replica_that_has_not_replayed_a_migration_is_set_aside_until_it_has(
+    database_url: str, caught_up: Standby, replay_delay: Callable[[int], None], db: asyncpg.Connection
+) -> None:
+    head = head_revision()
+    before_head = previous_revision(head)
+    # Primary and replica one revision back, without the table the top products need; then the
+    # "migration" on the primary, which the replica replays MIGRATION_DELAY_MS late.
+    await set_schema(db, table="product_sales_versions_held", revision=before_head)
+    try:
+        await asyncio.to_thread(caught_up.wait_caught_up, database_url)
+        await asyncio.to_thread(replay_delay, MIGRATION_DELAY_MS)
+    finally:
+        await set_schema(db, table="product_sales_versions", revision=head)
+    # Well inside the lag bound: only the schema can set the replica aside.
+    settings = replica_settings(database_url, replica_url(caught_up, database_url), read_replica_max_lag_ms=60_000)
+    top = "/v1/stats/products/top"
+    async with replica_client(settings) as (_, client):
+        behind = await scrape(client)
+        while_behind = await client.get(top)
+        ready_while_behind = await client.get("/readyz")
+        after_behind = await scrape(client)
+
+        async def replayed() -> bool:
+            return (await client.get("/readyz")).text == "ready"
+
+        await until(replayed, within=MIGRATION_DELAY_MS / 1000 + 10)
+        before = await scrape(client)
+        once_replayed = await client.get(top)
+        after = await scrape(client)
+
+    assert while_behind.status_code == 200, while_behind.text
+    assert routed(after_behind, "primary") == routed(behind, "primary") + 1
+    assert ready_while_behind.status_code == 200
+    assert ready_while_behind.text == (
+        f"ready; degraded: replica-1 schema at {before_head}, this process expects {head}:"
+        " out of service until they match"
+    )
+    assert once_replayed.status_code == 200, once_replayed.text
+    assert once_replayed.json() == while_behind.json()
+    assert routed(after, "replica") == routed(before, "replica") + 1
+
+
+async def test_a_replica_never_migrated_is_out_of_service_not_an_error(database_url: str, standby: Standby) -> None:
+    # The standby's maintenance database: a standby without alembic_version, or any other table.
+    settings = replica_settings(database_url, standby.url("postgres"))
+    async with replica_client(settings) as (_, client):
+        ready = await client.get("/readyz")
+        read = await client.get("/v1/orders")
+    assert ready.status_code == 200
+    assert ready.text == (
+        f"ready; degraded: replica-1 has no schema, this process expects {head_revision()}:"
+        " out of service until they match"
+    )
+    assert read.status_code == 200
+
+
+async def test_a_query_meeting_a_table_the_replica_lacks_runs_on_the_primary_which_has_it(
+    database_url: str, caught_up: Standby, replay_delay: Callable[[int], None], db: asyncpg.Connection
+) -> None:
+    """Between the monitor's rounds: the replica is at the schema head, so only the query finds out."""
+    replay_delay(MIGRATION_DELAY_MS)
+    settings = replica_settings(database_url, replica_url(caught_up, database_url))
+    async with replica_client(settings) as (app, _):
+        replicas = replicas_of(app)
+        replica = replicas.replicas[0]
+        await db.execute("CREATE TABLE replica_lacks_this AS SELECT 7 AS n")  # on the replica 4 s later
+        try:
+            fell_back = Routed(replicas, replica, "replica")
+            answer = await fell_back.fetch("SELECT n::text FROM replica_lacks_this", int)
+            condition = replica.condition()
+            await eventually(lambda: replica.in_service, within=5)  # the monitor's next round: at head
+            with pytest.raises(asyncpg.UndefinedTableError):
+                await Routed(replicas, replica, "replica").fetch("SELECT n::text FROM nowhere_at_all", int)
+            still_in_service = replica.in_service
+        finally:
+            await db.execute("DROP TABLE replica_lacks_this")
+    assert answer == 7
+    assert fell_back.route == "primary"
+    assert str(condition).startswith("replica-1 lacks a table, column or function")
+    assert still_in_service, "the primary failed alike: the query is at fault, not the replica"
 
 
 # --- visibility ----------------------------------------------------------------------------------------
