@@ -45,18 +45,18 @@ P = TypeVar("P", bound=msgspec.Struct)
 log = logging.getLogger("orders_api.export")
 
 TAG = "queries"
-# Every query can meet a malformed Consistency-Token, a missing bearer token (when READ_API_TOKENS is
-# set) and an exhausted pool.
+# Every query can meet a malformed Consistency-Token, a missing bearer token (unless READ_API_OPEN)
+# and an exhausted pool.
 ALWAYS = {400: Problem, 401: Problem, 503: Problem}
 ONE = {**ALWAYS, 404: Problem}
 MANY = {**ALWAYS, 422: Problem}
 
 
 def authorize(request: Request) -> None:
-    """Queries are open unless READ_API_TOKENS is set; then a bearer token from it is required."""
-    tokens: tuple[str, ...] = resources(request).settings.read_api_tokens
-    if tokens:
-        bearer_token(request, tokens)
+    """Queries need a bearer token from READ_API_TOKENS, unless READ_API_OPEN opened them to anyone."""
+    settings = resources(request).settings
+    if not settings.read_api_open:
+        bearer_token(request, settings.read_api_tokens)
 
 
 def with_etag(request: Request, view: Any, version: int) -> Response:

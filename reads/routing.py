@@ -62,8 +62,10 @@ async def open_read_side(settings: Settings, schema_head: str) -> Pool:
 async def reader(request: Request) -> Reader:
     """The database this request reads, by its ``Consistency-Token`` when it sends one: a malformed
     token is a 400 before anything is read."""
-    token = request.headers.get(HEADER)
-    position = None if token is None else decode_token(token)
+    # Every field of the header, joined as HTTP joins repeated fields: a second one (a "0" after a
+    # good token) makes the whole value malformed rather than going unread.
+    tokens = request.headers.getlist(HEADER)
+    position = decode_token(", ".join(tokens)) if tokens else None
     pool = resources(request).pools["reads"]
     if isinstance(pool, Replicas):
         return await pool.reader(position)

@@ -17,14 +17,14 @@ from starlette.routing import BaseRoute, Route
 
 import reads.routes
 import writes.routes
-from shared.config import Settings
+from shared.config import ConfigError, Settings
 from shared.dto import Problem
 from shared.errors import ApiError, MethodNotAllowed, NotFound
 from shared.http import ProblemResponse, problem_response
 from shared.logs import RequestLog
 from shared.metrics import RequestMetrics, metrics
 from shared.openapi import build_openapi, operation
-from shared.routing import by_path
+from shared.routing import by_path, template
 from shared.schema import head_revision
 from shared.sides import Degradable, Pool, Resources, Role, Side, resources
 
@@ -46,6 +46,7 @@ SIDES_FOR_ROLE: Mapping[ServeRole, tuple[Side, ...]] = {
 def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlette:
     """The app serving ``sides`` (both by default; one for ``serve --role``): their routes, their
     pools, and readiness over just those pools. The other side's routes answer 404."""
+    require_query_access(settings, sides)
     head = head_revision()
 
     @asynccontextmanager
@@ -76,11 +77,11 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
     # The router tries routes in order, a regex match each: the queries, the hot path, go first.
     queries_first = [route for side in sorted(sides, key=lambda side: side.role != "reads") for route in side.routes]
     elsewhere = [not_served(route, side.role) for side in ALL_SIDES if side not in sides for route in side.routes]
-    # Built once, from the routes this process serves. Commands always need a token; queries only
-    # when READ_API_TOKENS is set.
-    secured = [route for side in sides if side.role == "writes" or settings.read_api_tokens for route in side.routes]
+    # Built once, from the routes this process serves. Commands always need a token; queries unless
+    # READ_API_OPEN opened them.
+    secured = [route for side in sides if side.role == "writes" or not settings.read_api_open for route in side.routes]
     openapi = build_openapi([*operations, *served], title="orders-api", version=VERSION, secured=secured)
-    return Starlette(
+    app = Starlette(
         # A path both sides serve (GET and POST /v1/orders) is one route, so a 405 lists every method.
         routes=by_path([*queries_first, *elsewhere, *operations]),
         lifespan=lifespan,
@@ -92,6 +93,22 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
     )
+    # A path no route has is a 404, with or without a trailing slash: Starlette would answer
+    # /v1/orders/1/ with a redirect to /v1/orders/1, a second public spelling of every path.
+    app.router.redirect_slashes = False
+    return app
+
+
+def require_query_access(settings: Settings, sides: Sequence[Side]) -> None:
+    """Queries return personal data (emails, names): a process serving them must be told who may
+    read them (READ_API_TOKENS) or that anyone may (READ_API_OPEN). With neither, every query would
+    be a 401, so the process refuses to start instead. ``serve`` opens them on the embedded demo
+    database; a writes process serves no query and needs neither."""
+    if any(side.role == "reads" for side in sides) and not (settings.read_api_tokens or settings.read_api_open):
+        raise ConfigError(
+            "queries return personal data (emails, names): set READ_API_TOKENS to the bearer tokens that may"
+            " read them, or READ_API_OPEN=true to open them to anyone"
+        )
 
 
 def not_served(route: BaseRoute, role: Role) -> Route:
@@ -99,7 +116,7 @@ def not_served(route: BaseRoute, role: Role) -> Route:
     assert isinstance(route, Route)
 
     async def elsewhere(request: Request) -> Response:
-        raise NotFound(f"{request.method} {route.path} is served by processes with --role {role} or all")
+        raise NotFound(f"{request.method} {template(route.path)} is served by processes with --role {role} or all")
 
     return Route(route.path, elsewhere, methods=sorted((route.methods or set()) - {"HEAD"}))
 

@@ -16,11 +16,12 @@ import asyncpg
 import click
 import msgspec
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 import writes.seed
 from bench.core import SCENARIOS
 from shared import embedded
-from shared.app import SIDES_FOR_ROLE, ServeRole, create_app
+from shared.app import SIDES_FOR_ROLE, ServeRole, create_app, require_query_access
 from shared.config import ConfigError, Settings, asyncpg_dsn
 from shared.logs import configure_logging
 from shared.metrics import multiprocess_directory
@@ -59,7 +60,13 @@ def with_database(settings: Settings, data_dir: Path | None) -> tuple[Settings, 
     directory = data_dir or embedded.default_data_dir()
     server, url = embedded.start_with_database(directory)
     click.echo(f"embedded PostgreSQL running; data lives in {directory}")
-    return msgspec.structs.replace(settings, database_url=url), server
+    return on_embedded_database(settings, url), server
+
+
+def on_embedded_database(settings: Settings, url: str) -> Settings:
+    """``settings`` naming the embedded demo database at ``url``, where queries are open to anyone
+    (READ_API_OPEN) unless READ_API_TOKENS says who may read."""
+    return msgspec.structs.replace(settings, database_url=url, read_api_open=not settings.read_api_tokens)
 
 
 def with_schema_at_head(data_dir: Path | None) -> tuple[Settings, Any]:
@@ -89,6 +96,10 @@ def serve(host: str, port: int, workers: int, role: ServeRole, data_dir: Path | 
     """Serve the API (on the embedded PostgreSQL when DATABASE_URL is unset)."""
     settings, _server = with_schema_at_head(data_dir)
     settings = msgspec.structs.replace(settings, orders_api_role=role)
+    try:
+        require_query_access(settings, SIDES_FOR_ROLE[role])
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     require_connection_budget(settings, workers)
     require_session_settings(settings, SIDES_FOR_ROLE[role])
     # A reads process runs no command, so it needs no write token.
@@ -97,19 +108,21 @@ def serve(host: str, port: int, workers: int, role: ServeRole, data_dir: Path | 
         settings = msgspec.structs.replace(settings, write_api_tokens=(token,))
         click.echo(f"WRITE_API_TOKENS is unset; commands accept this generated token: {token}")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM (in-flight requests drain, the lifespan closes
-    # the pools), then raises the signal again; by default that kills the process with the signal,
-    # before atexit could stop an embedded PostgreSQL, and a supervisor reads it as a crash. The
-    # shutdown was clean: exit 0. (With --workers, uvicorn's supervisor takes these signals over,
-    # forwards SIGTERM to each worker, waits for them, then returns here.)
+    # the pools), then raises the signal again for the handler it found; by default that kills the
+    # process with the signal, before atexit could stop an embedded PostgreSQL, and a supervisor
+    # reads it as a crash. The shutdown was clean: exit 0. Until uvicorn serves, a signal exits here.
+    # (With --workers, uvicorn's supervisor takes these signals over, forwards SIGTERM to each
+    # worker, waits for them, then returns here.)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_cleanly)
     options = uvicorn_options(settings)
     if workers == 1:
-        uvicorn.run(create_app(settings, SIDES_FOR_ROLE[role]), host=host, port=port, **options)
+        serve_in_this_process(create_app(settings, SIDES_FOR_ROLE[role]), host=host, port=port, **options)
         return
     # Worker processes build their own app from the environment: hand them what was decided here.
     os.environ["DATABASE_URL"] = settings.write_url
     os.environ["WRITE_API_TOKENS"] = ",".join(settings.write_api_tokens)
+    os.environ["READ_API_OPEN"] = "true" if settings.read_api_open else "false"
     os.environ["ORDERS_API_ROLE"] = role
     # The workers sum their metrics through files in one directory (shared.metrics).
     with multiprocess_directory():
@@ -134,6 +147,24 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 def _exit_cleanly(signum: int, frame: object) -> None:
     sys.exit(0)
+
+
+def serve_in_this_process(app: Any, **options: Any) -> None:
+    """``uvicorn.run(app, **options)`` for one worker, with the signals left to uvicorn's server.
+
+    uvicorn raises the signal it stopped on again inside its event loop, right after the lifespan
+    reports its shutdown complete but before the lifespan's task has returned. Exiting there
+    (``_exit_cleanly``) cancels that task, and uvicorn logs "ASGI 'lifespan' protocol appears
+    unsupported" after every clean shutdown. With the server's own handler in place, the signal
+    raised again only repeats the request to exit: the loop ends, the lifespan's task with it, and
+    this returns. The handler is installed before the loop starts, so a signal that arrives
+    before uvicorn takes the signals over stops the server as soon as it starts."""
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, server.handle_exit)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)  # as uvicorn.run does: the lifespan or the socket failed
 
 
 def app_from_env() -> Any:
@@ -235,9 +266,14 @@ def seed(customers: int, products: int, orders: int, data_dir: Path | None) -> N
 )
 @DATA_DIR
 def pools(workers: int, data_dir: Path | None) -> None:
-    """Show each pool's settings and the connection budget against max_connections."""
+    """Show each pool's settings and the connection budget against max_connections; exit 1 when
+    the pools do not fit."""
     settings, _server = with_database(load_settings(), data_dir)
-    click.echo(pool_report(settings, workers, *fetch_server_limits(settings.write_url)))
+    max_connections, reserved, in_use = fetch_server_limits(settings.write_url)
+    click.echo(pool_report(settings, workers, max_connections, reserved, in_use))
+    # Non-zero, so a deploy script can stop on it (`orders-api pools --workers 8 && deploy`).
+    if not connection_budget(settings, workers, max_connections, reserved).fits:
+        sys.exit(1)
 
 
 def fetch_server_limits(url: str) -> tuple[int, int, int]:

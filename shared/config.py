@@ -181,11 +181,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     read_api_tokens: Annotated[
         tuple[str, ...],
         Meta(
-            description="Bearer tokens that queries require (a write token does not open them). Unset: "
-            "queries are open.",
+            description="Bearer tokens that queries require (a write token does not open them). Queries return "
+            "personal data (emails, names): a process serving them needs these or READ_API_OPEN=true, else it "
+            "refuses to start.",
             extra=SECRET,
         ),
     ] = ()
+    read_api_open: Annotated[
+        bool,
+        Meta(
+            description="Queries need no token: anyone who reaches the service reads every customer's email and "
+            "name. Set it on purpose, and not with READ_API_TOKENS. `serve` on the embedded demo database (no "
+            "DATABASE_URL) sets it unless READ_API_TOKENS is set.",
+        ),
+    ] = False
     idempotency_ttl: Annotated[
         TtlSeconds, Meta(description="Seconds an Idempotency-Key and its stored response are kept.")
     ] = 86_400
@@ -282,6 +291,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
             _check_postgres_url("READ_DATABASE_URL", url)
         if self.database_url is None and (self.write_database_url is None) != (self.read_database_url is None):
             raise ConfigError("set DATABASE_URL, or both WRITE_DATABASE_URL and READ_DATABASE_URL")
+        if self.read_api_open and self.read_api_tokens:
+            raise ConfigError(
+                "set READ_API_TOKENS (queries need one of them) or READ_API_OPEN=true (queries are open), not both"
+            )
         if self.read_pool_min_size > self.read_pool_max_size:
             raise ConfigError(
                 f"READ_POOL_MIN_SIZE ({self.read_pool_min_size}) must not exceed "

@@ -16,6 +16,13 @@ class ApiError(Exception):
 
 
 # 400
+class MalformedRequest(ApiError):
+    """Not HTTP/1.1 the parser can read (a bad request line, header or chunk); the connection is
+    closed, since where the next request would start is unknown."""
+
+    headers = {"Connection": "close"}  # noqa: RUF012
+
+
 class MalformedJson(ApiError): ...
 
 
@@ -119,6 +126,7 @@ class ProblemKind(NamedTuple):
 
 
 PROBLEMS: dict[type[ApiError], ProblemKind] = {
+    MalformedRequest: ProblemKind(400, "Malformed HTTP request", "/problems/malformed-request"),
     MalformedJson: ProblemKind(400, "Malformed JSON", "/problems/malformed-json"),
     BadCursor: ProblemKind(400, "Bad cursor", "/problems/bad-cursor"),
     BadConsistencyToken: ProblemKind(400, "Bad consistency token", "/problems/bad-consistency-token"),

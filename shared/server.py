@@ -6,13 +6,18 @@ any size and header count. Here every head has a deadline (``HEADER_TIMEOUT``) a
 size (``MAX_HEADER_BYTES``) and its fields (``MAX_HEADERS``). The body has its own deadline, where
 it is read (``shared.http.read_body``). h11 would bound only a head still incomplete, and costs
 throughput, so the fast parser stays.
+
+What the protocol refuses before any app runs (a head too large, one the parser cannot read) gets
+the same problem+json and ``X-Request-Id`` as the app's own refusals, not uvicorn's text/plain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.config import Config
@@ -20,7 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from shared.dto import Problem
-from shared.errors import PROBLEMS, HeadersTooLarge
+from shared.errors import ApiError, HeadersTooLarge, MalformedRequest, problem_kind
 from shared.http import ENCODER
 
 log = logging.getLogger("orders_api.http")
@@ -129,28 +134,43 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return f"request head exceeds {self.bounds.max_bytes} bytes (MAX_HEADER_BYTES)"
         return None
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this when httptools cannot parse what arrived; its own answer is text/plain.
+        # (Its warning "Invalid HTTP request received." is logged already.)
+        self.refused = True
+        self._stop_head_deadline()
+        self._answer(MalformedRequest("not an HTTP/1.1 request this server can parse"))
+
     def _refuse(self, detail: str) -> None:
         self.refused = True
         self._stop_head_deadline()
-        log.info("refused a request from %s: %s", _client(self.client), detail)
+        self._answer(HeadersTooLarge(detail))
+
+    def _answer(self, error: ApiError) -> None:
+        """Answer ``error`` as problem+json and close: no request exists to carry on with."""
+        request_id = secrets.token_hex(8)  # no client id can be trusted from a head refused unread
+        # The suffix the app's own log lines carry (shared.logs), with the id the client was sent.
+        log.info("refused a request from %s: %s [request %s]", _client(self.client), error, request_id)
         # A pipelined response still being written must not be cut into; then the close says it all.
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(_response_431(detail, self.server_state.default_headers))
+            self.transport.write(_problem_response(error, request_id, self.server_state.default_headers))
         self.transport.close()
 
 
-def _response_431(detail: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+def _problem_response(error: ApiError, request_id: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
     # Written here, before any app runs, but the same problem+json as the app's own refusals.
-    kind = PROBLEMS[HeadersTooLarge]
-    body = ENCODER.encode(Problem(type=kind.type, title=kind.title, status=kind.status, detail=detail))
+    kind = problem_kind(error)
+    body = ENCODER.encode(Problem(type=kind.type, title=kind.title, status=kind.status, detail=str(error)))
     headers = [
         *default_headers,
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
+        (b"x-request-id", request_id.encode()),
     ]
     head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-    return b"HTTP/1.1 431 Request Header Fields Too Large\r\n" + head + b"\r\n" + body
+    status_line = f"HTTP/1.1 {kind.status} {HTTPStatus(kind.status).phrase}\r\n".encode()
+    return status_line + head + b"\r\n" + body
 
 
 def _client(address: tuple[str, int] | None) -> str:

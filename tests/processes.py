@@ -28,8 +28,10 @@ def own_env(**settings: str) -> dict[str, str]:
 
 
 def serve_env(database_url: str, **settings: str) -> dict[str, str]:
-    """``own_env`` with the test database and the tests' write token."""
-    return own_env(DATABASE_URL=database_url, WRITE_API_TOKENS=WRITE_TOKEN, **settings)
+    """``own_env`` with the test database and the tests' write token; queries open unless
+    ``settings`` give READ_API_TOKENS."""
+    opened = {} if "READ_API_TOKENS" in settings else {"READ_API_OPEN": "true"}
+    return own_env(DATABASE_URL=database_url, WRITE_API_TOKENS=WRITE_TOKEN, **opened, **settings)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; schemathesis brings it
 
+from shared.app import SIDES_FOR_ROLE, require_query_access
 from shared.config import Settings
 from shared.roles import READ_ROLE, WRITE_ROLE
 
@@ -29,6 +30,7 @@ SECRETS = {
     "ORDERS_API_WRITE_PASSWORD": "write-5ecret",
     "ORDERS_API_READ_PASSWORD": "read-5ecret",
     "WRITE_API_TOKENS": "token-5ecret",
+    "READ_API_TOKENS": "reader-5ecret",
 }
 SERVICES = {"postgres", "migrate", "pgbouncer", "writes", "reads", "proxy"}
 # The `replica` profile: a streaming hot standby, and the variables that name it (docs/operating.md).
@@ -152,6 +154,15 @@ def test_an_unset_secret_stops_the_stack_naming_it(missing: str, empty_env_file:
     assert result.returncode != 0
     # The message ends with the file's own words for the variable.
     assert result.stderr.strip().rsplit(": ", 1)[-1].startswith(f"set {missing}"), result.stderr
+
+
+def test_each_role_starts_and_queries_need_a_read_token(stack: dict[str, Any]) -> None:
+    found = services(stack)
+    for role in ("reads", "writes"):
+        # What `serve --role` checks before it serves: the stack's settings pass it.
+        require_query_access(Settings.from_env(found[role]["environment"]), SIDES_FOR_ROLE[role])
+    reads = Settings.from_env(found["reads"]["environment"])
+    assert (reads.read_api_tokens, reads.read_api_open) == ((SECRETS["READ_API_TOKENS"],), False)
 
 
 def test_reads_scale_with_no_fixed_name_or_host_port(stack: dict[str, Any]) -> None:

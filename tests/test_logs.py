@@ -142,7 +142,9 @@ async def test_an_unexpected_error_is_logged_once_with_its_route_method_and_requ
 async def test_a_503_log_line_names_the_request_that_met_it(
     database_url: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(database_url=database_url, read_pool_min_size=1, read_statement_timeout_ms=50)
+    settings = Settings(
+        database_url=database_url, read_api_open=True, read_pool_min_size=1, read_statement_timeout_ms=50
+    )
     # The filter every process's log handler has (shared.server_log.configure_logging).
     caplog.handler.addFilter(RequestContext())
     async with running_client(create_app(settings)) as client, db.transaction():
@@ -157,7 +159,7 @@ async def test_a_503_log_line_names_the_request_that_met_it(
 async def test_slow_statements_are_logged_per_pool_without_their_parameters(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(database_url=database_url, read_pool_min_size=1, slow_statement_ms=100)
+    settings = Settings(database_url=database_url, read_api_open=True, read_pool_min_size=1, slow_statement_ms=100)
     app = create_app(settings)
 
     async def sleep_then_select(session: AsyncSession) -> None:
@@ -189,7 +191,7 @@ async def test_slow_statements_are_logged_per_pool_without_their_parameters(
 async def test_with_slow_statement_ms_0_no_statement_is_logged(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(database_url=database_url, read_pool_min_size=1, slow_statement_ms=0)
+    settings = Settings(database_url=database_url, read_api_open=True, read_pool_min_size=1, slow_statement_ms=0)
     app = create_app(settings)
     caplog.set_level(logging.INFO)
     async with running_client(app):

@@ -78,7 +78,7 @@ async def test_every_command_says_it_needs_a_token_and_open_queries_do_not(clien
 
 
 async def test_queries_say_they_need_a_token_when_read_tokens_are_set(settings: Settings) -> None:
-    app = create_app(msgspec.structs.replace(settings, read_api_tokens=("read-token",)))
+    app = create_app(msgspec.structs.replace(settings, read_api_tokens=("read-token",), read_api_open=False))
     async with running_client(app) as client:
         ops = operations(await document(client))
         for (method, path), op in ops.items():

@@ -27,7 +27,7 @@ async def test_readyz_is_200_when_both_pools_answer_and_schema_is_at_head(client
 
 
 async def test_readyz_is_503_naming_migrate_when_schema_is_behind(empty_database: str) -> None:
-    app = create_app(Settings(database_url=empty_database, read_pool_min_size=1))
+    app = create_app(Settings(database_url=empty_database, read_api_open=True, read_pool_min_size=1))
     async with running_client(app) as client:
         response = await client.get("/readyz")
     assert response.status_code == 503
@@ -39,7 +39,11 @@ async def test_readyz_is_503_within_the_acquire_timeout_when_the_read_pool_is_ex
     database_url: str,
 ) -> None:
     settings = Settings(
-        database_url=database_url, read_pool_min_size=1, read_pool_max_size=1, read_pool_acquire_timeout=0.2
+        database_url=database_url,
+        read_api_open=True,
+        read_pool_min_size=1,
+        read_pool_max_size=1,
+        read_pool_acquire_timeout=0.2,
     )
     app = create_app(settings)
     async with running_client(app) as client, app.state.resources.pools["reads"].connection():
@@ -93,7 +97,9 @@ async def test_an_unexpected_error_is_a_problem_json_500_without_internals(setti
 async def test_readyz_never_waits_past_the_acquire_timeout_even_when_a_query_hangs(
     database_url: str, db: asyncpg.Connection
 ) -> None:
-    settings = Settings(database_url=database_url, read_pool_min_size=1, read_pool_acquire_timeout=0.2)
+    settings = Settings(
+        database_url=database_url, read_api_open=True, read_pool_min_size=1, read_pool_acquire_timeout=0.2
+    )
     async with running_client(create_app(settings)) as client, db.transaction():
         # The schema check now blocks behind this lock after it has its connection.
         await db.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")

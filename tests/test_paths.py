@@ -52,3 +52,15 @@ async def test_a_method_a_path_does_not_have_is_405_problem_json_with_allow(clie
     assert_problem(response, 405, "DELETE")
     assert response.json()["type"] == "/problems/method-not-allowed"
     assert "GET" in response.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/products/1/"), ("GET", "/v1/orders/"), ("POST", "/v1/products/1/restock/"), ("GET", "/healthz/")],
+)
+async def test_a_trailing_slash_is_a_404_not_a_redirect(client: httpx.AsyncClient, method: str, path: str) -> None:
+    # Starlette would redirect (307) to the path without it: a second spelling of every path.
+    assert await new_product(client) == 1
+    response = await client.request(method, path, headers=AUTH, json={"quantity": 1}, follow_redirects=False)
+    assert_problem(response, 404, path)
+    assert "location" not in response.headers

@@ -70,6 +70,7 @@ class Bouncer:
             read_statement_timeout_ms=int(TIMEOUTS["READ_STATEMENT_TIMEOUT_MS"]),
             write_statement_timeout_ms=int(TIMEOUTS["WRITE_STATEMENT_TIMEOUT_MS"]),
             write_api_tokens=(WRITE_TOKEN,),
+            read_api_open=True,
             read_pool_min_size=1,
         )
 

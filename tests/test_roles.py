@@ -14,11 +14,12 @@ import httpx
 import pytest
 
 from bench.servers import free_port
+from shared.app import SIDES_FOR_ROLE, ServeRole, create_app
 from shared.cli import fetch_server_limits
-from shared.config import asyncpg_dsn
+from shared.config import Settings, asyncpg_dsn
 from shared.schema import upgrade_to_head
 from tests.processes import serve_env, serving_process, wait_ready
-from tests.support import AUTH
+from tests.support import AUTH, running_client
 from tests.writes.support import assert_problem
 
 
@@ -85,6 +86,23 @@ def test_a_writes_process_serves_commands_answers_queries_404_and_opens_no_read_
     assert process.returncode == 0, log.read_text()
     assert pools.get("orders-api:write", 0) >= 1, pools
     assert "orders-api:read" not in pools, pools
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path", "template", "serves"),
+    [
+        ("reads", "POST", "/v1/orders/7/pay", "/v1/orders/{id}/pay", "writes"),
+        ("writes", "GET", "/v1/customers/3", "/v1/customers/{id}", "reads"),
+    ],
+)
+async def test_the_other_sides_route_is_a_404_naming_its_public_path(
+    settings: Settings, role: ServeRole, method: str, path: str, template: str, serves: str
+) -> None:
+    async with running_client(create_app(settings, SIDES_FOR_ROLE[role])) as client:
+        response = await client.request(method, path, headers=AUTH)
+    assert_problem(response, 404)
+    # The path as docs/http.md and /openapi.json write it, not the route's converter syntax ({id:id}).
+    assert response.json()["detail"] == f"{method} {template} is served by processes with --role {serves} or all"
 
 
 def serve_and_exit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

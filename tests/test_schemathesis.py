@@ -3,7 +3,7 @@
 The app is served on a real socket over this run's database, with a few rows made through the
 commands first so that reads and transitions have something to find. Then the ``st`` command line
 runs every check and every phase, stateful included: once with a token that opens everything
-(READ_API_TOKENS set, so queries are secured too), and once without any token (queries open). The
+(READ_API_TOKENS set, so queries are secured too), and once without any token (READ_API_OPEN). The
 configuration is schemathesis.toml: hooks, and the statuses the contract adds to a check's
 expectations. Bounded: a fixed number of examples per operation, a seed, and a deadline per run.
 """
@@ -40,7 +40,7 @@ async def test_schemathesis_finds_nothing_with_a_token_and_closed_queries(settin
     # The one token opens commands and queries alike, so every operation is secured. OpenAPI-aware
     # auth: Schemathesis knows the token is the bearer scheme, so it can still leave it out to check
     # that each secured operation refuses a request without it.
-    app = create_app(msgspec.structs.replace(settings, read_api_tokens=(WRITE_TOKEN,)))
+    app = create_app(msgspec.structs.replace(settings, read_api_tokens=(WRITE_TOKEN,), read_api_open=False))
     config = tmp_path / "schemathesis.toml"
     config.write_text(f'{CONFIG.read_text()}\n[auth.openapi.bearer]\nbearer = "{WRITE_TOKEN}"\n')
     async with serving(app) as url:

@@ -127,3 +127,18 @@ async def test_a_request_that_outlasts_shutdown_timeout_is_cut_and_the_exit_stay
     assert code == 0, log.read_text()
     assert bound <= took < bound + 3, took
     assert log.read_text().count("Application shutdown complete") == workers, log.read_text()
+
+
+def test_a_clean_shutdown_logs_no_lifespan_error(database_url: str, tmp_path: Path) -> None:
+    # uvicorn raises the signal again once it has shut down; exiting on that inside its event loop
+    # cancelled the lifespan's task, and uvicorn then logged the protocol as unsupported.
+    log = tmp_path / "serve.log"
+    with serving_process(env=serve_env(database_url), log=log) as (process, url):
+        wait_ready(url, process, log)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=SHUTDOWN_TIMEOUT)
+    output = log.read_text()
+    assert code == 0, output
+    assert "Application shutdown complete" in output
+    assert "Finished server process" in output
+    assert "lifespan" not in output, output

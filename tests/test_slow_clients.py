@@ -1,11 +1,12 @@
 """Slow and oversized requests, over real sockets to the production uvicorn configuration: a stalled
-head or body never holds a connection past its bound, an oversized head is refused, and a client
-that leaves mid-body is one log line."""
+head or body never holds a connection past its bound, an oversized head or one the parser cannot read
+is refused with problem+json, and a client that leaves mid-body is one log line."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,7 @@ BOUND = 0.5  # HEADER_TIMEOUT and BODY_TIMEOUT here: small, so the file runs in 
 SLACK = 2.0  # a busy two-core machine may be late by this much, and no more
 MAX_HEADER_BYTES = 4096
 MAX_HEADERS = 20
+GENERATED_ID = re.compile(r"[0-9a-f]{16}")  # shared.logs.request_id's fresh ids
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -186,6 +188,37 @@ async def test_a_head_past_its_limits_gets_431(address: tuple[str, int], headers
         response = await until_closed(reader, SLACK)
     assert status(response) == 431, response
     assert b"application/problem+json" in response
+    assert GENERATED_ID.fullmatch(response_headers(response)["x-request-id"]), response
+
+
+def response_headers(response: bytes) -> dict[str, str]:
+    head = response.split(b"\r\n\r\n", 1)[0].decode()
+    return {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])}
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nBad Header: y\r\n\r\n",  # a space in a field name
+        b"GET /healthz HTTP/9.9\r\nHost: test\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ],
+    ids=["bad field name", "bad version", "no request line"],
+)
+async def test_a_head_the_parser_cannot_read_is_a_400_problem_with_a_request_id(
+    address: tuple[str, int], head: bytes
+) -> None:
+    async with connected(address) as (reader, writer):
+        writer.write(head)
+        response = await until_closed(reader, SLACK)
+    assert status(response) == 400, response
+    found = response_headers(response)
+    assert found["content-type"] == "application/problem+json"
+    assert found["connection"] == "close"
+    assert GENERATED_ID.fullmatch(found["x-request-id"]), found
+    problem = msgspec.json.decode(response.split(b"\r\n\r\n", 1)[1])
+    assert problem["type"] == "/problems/malformed-request"
+    assert problem["status"] == 400
 
 
 async def test_a_megabyte_of_headers_is_refused_before_it_is_all_read(address: tuple[str, int]) -> None:

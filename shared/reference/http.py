@@ -40,8 +40,8 @@ def served_openapi(settings: Settings) -> Document:
 
 def sections() -> dict[str, str]:
     """Each generated section of docs/http.md by its marker name."""
-    open_queries = served_openapi(Settings())
-    # Queries need a token only when READ_API_TOKENS is set: compare the two documents.
+    open_queries = served_openapi(Settings(read_api_open=True))
+    # Queries need a token unless READ_API_OPEN opens them: compare the two documents.
     closed_queries = served_openapi(Settings(read_api_tokens=("a-token",)))
     return {
         "routes": route_table(open_queries, closed_queries),
@@ -62,7 +62,7 @@ def route_table(open_queries: Document, closed_queries: Document) -> str:
         if "security" in op:
             needs = "`WRITE_API_TOKENS`"
         elif closed[(method, path)]:
-            needs = "`READ_API_TOKENS`, when set"
+            needs = "`READ_API_TOKENS`, unless open"
         else:
             needs = "none"
         link = f"[`{path}`](#{anchor(f'{method} {path}')})"

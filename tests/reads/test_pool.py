@@ -100,7 +100,8 @@ async def test_a_query_past_the_statement_timeout_is_a_503(settings: Settings) -
 
 
 async def test_with_read_tokens_every_query_needs_one_of_them(settings: Settings) -> None:
-    app = create_app(msgspec.structs.replace(settings, read_api_tokens=("reader-1", "reader-2")))
+    tokens = ("reader-1", "reader-2")
+    app = create_app(msgspec.structs.replace(settings, read_api_tokens=tokens, read_api_open=False))
     async with running_client(app) as client:
         for url in QUERY_URLS:
             for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic reader-1"}):
@@ -111,7 +112,8 @@ async def test_with_read_tokens_every_query_needs_one_of_them(settings: Settings
             assert allowed.status_code in (200, 404), (url, allowed.text)
 
 
-async def test_without_read_tokens_queries_are_open(client: httpx.AsyncClient) -> None:
+async def test_read_api_open_opens_every_query_without_a_token(client: httpx.AsyncClient) -> None:
+    # The settings fixture sets READ_API_OPEN=true.
     for url in QUERY_URLS:
         assert (await client.get(url)).status_code in (200, 404), url
 

@@ -7,9 +7,10 @@ import pickle
 from pathlib import Path
 
 import asyncpg
+import httpx
 from click.testing import CliRunner
 
-from shared.cli import main, require_schema_at_head, uvicorn_options
+from shared.cli import main, on_embedded_database, require_schema_at_head, uvicorn_options
 from shared.config import Settings, asyncpg_dsn
 from shared.roles import READ_ROLE
 from shared.schema import current_revision, head_revision
@@ -62,10 +63,27 @@ def test_pools_shows_both_pools_and_the_budget(database_url: str) -> None:
     assert "fits" in output
 
 
-def test_pools_warns_when_the_budget_exceeds_max_connections(database_url: str) -> None:
+def test_pools_exits_1_when_the_budget_exceeds_max_connections(database_url: str) -> None:
     code, output = invoke("pools", "--workers", "50", env={"DATABASE_URL": database_url})
-    assert code == 0, output
+    assert code == 1, output  # a script can stop on it
     assert "DOES NOT FIT" in output
+
+
+def test_serve_against_a_database_refuses_queries_nobody_may_read_naming_both_settings(database_url: str) -> None:
+    # So many workers that, without the check, serve would stop at the connection budget instead of
+    # serving (and this test would fail, not hang).
+    code, output = invoke("serve", "--workers", "100000", env={"DATABASE_URL": database_url})
+    assert code != 0
+    assert "READ_API_TOKENS" in output
+    assert "READ_API_OPEN" in output
+
+
+def test_the_embedded_demo_database_opens_the_queries_unless_read_tokens_are_set() -> None:
+    url = "postgresql://postgres@/orders?host=/tmp/embedded"
+    opened = on_embedded_database(Settings.from_env({}), url)
+    assert (opened.database_url, opened.read_api_open) == (url, True)
+    closed = on_embedded_database(Settings.from_env({"READ_API_TOKENS": "reader"}), url)
+    assert (closed.read_api_tokens, closed.read_api_open) == (("reader",), False)
 
 
 async def _on(url: str, statement: str) -> object:
@@ -108,6 +126,8 @@ def test_serve_on_the_embedded_database_is_ready_and_keeps_its_data_across_resta
     with serving_process("--data-dir", str(data_dir), env=own_env(), log=log) as (process, url):
         wait_ready(url, process, log)
         asyncio.run(_execute(data_dir, "INSERT INTO customers (email, name) VALUES ('kept@example.com', 'Kept')"))
+        # The demo database's queries are open: no read token is set, none is needed.
+        assert httpx.get(f"{url}/v1/customers/1", timeout=5).json()["email"] == "kept@example.com"
     assert process.returncode == 0, log.read_text()
     assert not (data_dir / "postmaster.pid").exists(), "stopping serve must stop the embedded PostgreSQL"
     output = log.read_text()

@@ -27,6 +27,7 @@ def test_defaults_match_the_configuration_table() -> None:
     assert (settings.read_statement_cache_size, settings.read_statement_timeout_ms) == (256, 2000)
     assert settings.pgbouncer is False
     assert settings.write_api_tokens == settings.read_api_tokens == ()
+    assert settings.read_api_open is False
     assert settings.idempotency_ttl == 86_400
     assert (settings.max_body_bytes, settings.max_import_bytes) == (1024 * 1024, 64 * 1024 * 1024)
     assert settings.is_embedded
@@ -137,3 +138,15 @@ def test_unknown_pool_variables_are_warned_about(caplog: pytest.LogCaptureFixtur
     assert "WRITE_POOL_SIZ" in caplog.text
     assert "READ_POOL_MAX" in caplog.text
     assert "HOME" not in caplog.text
+
+
+def test_read_api_open_is_a_setting_of_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        settings = Settings.from_env({"DATABASE_URL": "postgresql://u@primary/orders", "READ_API_OPEN": "true"})
+    assert settings.read_api_open is True
+    assert "READ_API_OPEN" not in caplog.text  # known, not warned about as a typo
+
+
+def test_read_api_open_and_read_api_tokens_together_are_refused_naming_both() -> None:
+    with pytest.raises(ConfigError, match=r"READ_API_TOKENS.*READ_API_OPEN"):
+        Settings.from_env({"READ_API_TOKENS": "reader", "READ_API_OPEN": "true"})
