@@ -1,4 +1,4 @@
-"""``orders-api bench``: the service measured against the ways people build it instead.
+"""``python -m bench``: the service measured against the ways people build it instead.
 
 Everything here is the benchmark's own: the contenders it runs beside the service
 (``bench.contenders``), the load it applies (wrk for reads, ``bench.load`` for commands), the

@@ -8,16 +8,15 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import asyncpg
-
 import writes.seed
-from shared import embedded
+from service import embedded
+from service.schema import upgrade_to_head
 from shared.config import Settings
-from shared.schema import upgrade_to_head
+from testkit.database import connected
 
 
 @contextmanager
@@ -46,16 +45,6 @@ def seed(url: str, customers: int, products: int, orders: int) -> float:
 def add_orders(url: str, orders: int) -> float:
     """More demo orders for the customers and products already seeded."""
     return seed(url, customers=1, products=1, orders=orders)
-
-
-@asynccontextmanager
-async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
-    """One plain connection to ``url``, closed on the way out: how the benchmark looks at its data."""
-    connection = await asyncpg.connect(url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def analyze(url: str) -> None:

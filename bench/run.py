@@ -22,7 +22,7 @@ from bench.servers import SERVICE_SETTINGS
 from bench.wrk import require_wrk
 from shared.config import Settings
 
-RERUN = "pip install -e '.[bench]' && apt-get install wrk && orders-api bench"
+RERUN = "pip install -e '.[bench]' && apt-get install wrk && python -m bench"
 
 
 class NoNumbers(AssertionError):

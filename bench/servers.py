@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from bench.core import Context
+from testkit.processes import free_port, stop
 
 # What the service runs with in every scenario, besides its defaults; the report prints the
 # whole effective configuration. The access log is off for every contender alike, and the queries
@@ -37,15 +36,8 @@ class Server:
         return self.process.pid
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def service_command(port: int, workers: int, role: str = "all") -> list[str]:
-    serve = ["-m", "shared", "serve", "--role", role]
+    serve = ["-m", "service", "serve", "--role", role]
     return [sys.executable, *serve, *where(port, workers)]
 
 
@@ -96,17 +88,6 @@ def wait_ready(server: Server, path: str, log: Path) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{server.name} did not answer {path} within {READY_WITHIN} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes], within: float = 20.0) -> None:
-    """SIGTERM, then SIGKILL to the process group (uvicorn's workers with it) if it hangs."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=within)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 @contextmanager

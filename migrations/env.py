@@ -1,6 +1,6 @@
 """Alembic environment: targets writes.models metadata and runs on the asyncpg driver.
 
-The URL comes from the Alembic config (``sqlalchemy.url``), set by ``shared.schema`` from Settings,
+The URL comes from the Alembic config (``sqlalchemy.url``), set by ``service.schema`` from Settings,
 so migrations use the same connection settings as the service.
 """
 
@@ -38,7 +38,7 @@ def _run(connection: Connection) -> None:
 
 async def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
-    assert url is not None, "sqlalchemy.url must be set by shared.schema.alembic_config"
+    assert url is not None, "sqlalchemy.url must be set by service.schema.alembic_config"
     engine = create_async_engine(url, poolclass=pool.NullPool)
     try:
         async with engine.connect() as connection:

@@ -27,7 +27,7 @@ class Answer(NamedTuple, Generic[V]):
     value: V
 
 
-class Answers:
+class AnswerCache:
     """A bounded map from a question (its query and parameters) to its latest kept ``Answer``."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:

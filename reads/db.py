@@ -19,15 +19,15 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from reads.answers import Answers
+from reads.answers import AnswerCache
 from shared.config import Settings
 from shared.dbfailures import READ, Failure, PoolNames, classify, exhausted, unavailable
 from shared.errors import ConnectionLost
 from shared.http import decoder_for
-from shared.logs import SlowStatements
 from shared.pools import Gate
 from shared.roles import read_session
-from shared.schema import CURRENT_REVISION_SQL
+from shared.sides import CURRENT_REVISION_SQL
+from shared.slowlog import SlowStatements
 
 T = TypeVar("T")
 
@@ -39,13 +39,13 @@ class Reader(Protocol):
     ``reads.replicas`` chose for the request. The arguments are ``ReadPool.find``'s. ``answers``
     are the read side's kept answers (``reads.answers``), one store for all its databases."""
 
-    answers: Answers
+    answers: AnswerCache
 
     async def find(
         self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
     ) -> T | None: ...
 
-    async def fetch(
+    async def value(
         self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
     ) -> T: ...
 
@@ -132,7 +132,7 @@ class ReadPool:
         self.names = database.names
         self.timeout = settings.read_pool_acquire_timeout
         self.gate = Gate(self.names, capacity=database.max_size, max_waiting=settings.read_pool_max_waiting)
-        self.answers = Answers()  # with replicas, the primary's pool keeps them for all (``reads.routing``)
+        self.answers = AnswerCache()  # with replicas, the primary's pool keeps them for all (``reads.balancing``)
         # asyncpg's query loggers do not see prepared statements: ``replan`` times its own.
         self.slow = SlowStatements(self.names.pool, settings.slow_statement_ms) if settings.slow_statement_ms else None
 
@@ -223,7 +223,7 @@ class ReadPool:
                     self.slow.observe(sql, time.perf_counter() - started)
             return text
 
-    async def fetch(
+    async def value(
         self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
     ) -> T:
         """``find`` for a statement that always yields its value (an aggregate or a list)."""

@@ -1,7 +1,7 @@
 """Streaming replicas and the monitor that tells the read side how far behind each one is.
 
 READ_DATABASE_URL may name several hosts (libpq's multi-host form), each a streaming replica with a
-read pool of its own (``reads.routing`` chooses among them per request). One task per process, the
+read pool of its own (``reads.balancing`` chooses among them per request). One task per process, the
 ``Monitor``, reads every ``PROBE_INTERVAL`` where the primary's WAL stands and how far each replica
 has replayed it, on connections of its own (``Probe``). While a query waits for a replica to replay
 past its ``Consistency-Token`` the monitor reads just the replay positions, every ``POLL_GAP``: one
@@ -34,7 +34,7 @@ from shared.dbfailures import PoolNames, classify
 from shared.errors import ServiceUnavailable
 from shared.metrics import REPLICA_HEALTHY, REPLICA_LAG_SECONDS, publish_sizes
 from shared.roles import read_session
-from shared.schema import CURRENT_REVISION_SQL
+from shared.sides import CURRENT_REVISION_SQL
 
 log = logging.getLogger("orders_api.replicas")
 

@@ -12,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Send
 
+from reads.balancing import reader
 from reads.db import Reader
 from reads.params import (
     OrderFilters,
@@ -22,7 +23,6 @@ from reads.params import (
     query_params,
 )
 from reads.queries import customers, orders, products, stats
-from reads.routing import open_read_side, reader
 from shared.auth import bearer_token
 from shared.consistency import HEADER as CONSISTENCY_TOKEN
 from shared.dto import (
@@ -38,7 +38,7 @@ from shared.dto import (
 from shared.errors import NotFound, ServiceUnavailable
 from shared.http import ENCODER, MsgspecResponse, etag, path_id
 from shared.openapi import operation
-from shared.sides import Side, resources
+from shared.sides import resources
 
 P = TypeVar("P", bound=msgspec.Struct)
 
@@ -185,5 +185,3 @@ ROUTES: list[BaseRoute] = [
     ),
     Route("/v1/exports/orders", order_export, methods=["GET"]),
 ]
-
-SIDE = Side(role="reads", routes=ROUTES, open_pool=open_read_side)

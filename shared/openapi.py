@@ -18,7 +18,7 @@ import msgspec
 from starlette.routing import BaseRoute, Route
 
 from shared.dto import Problem
-from shared.routing import template
+from shared.paths import template
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,7 +61,7 @@ def operation(
 def build_openapi(
     routes: Sequence[BaseRoute], *, title: str, version: str, secured: Collection[BaseRoute] = ()
 ) -> dict[str, Any]:
-    """The document for ``routes``, one Route per method (before ``shared.routing.by_path`` joins
+    """The document for ``routes``, one Route per method (before ``shared.paths.by_path`` joins
     them); the operations of ``secured`` say they need a bearer token."""
     needs_token = {id(route) for route in secured}
     described = [(route, op) for route in routes if (op := _operation_of(route)) is not None]

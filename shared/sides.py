@@ -17,7 +17,11 @@ from starlette.routing import BaseRoute
 from shared.config import Settings
 from shared.dbfailures import PoolNames
 
-Role = Literal["writes", "reads"]
+SideName = Literal["writes", "reads"]
+
+# The migration revision a database is at, as both pools read it for readiness (and the read side
+# for its replicas): one round trip, plain SQL, so neither side needs Alembic to ask.
+CURRENT_REVISION_SQL = "SELECT version_num FROM alembic_version"
 
 
 class Pool(Protocol):
@@ -53,7 +57,7 @@ class Side:
     """``open_pool(settings, schema_head)``: ``schema_head`` is the migration revision this process
     expects, which the read side holds its replicas to; the write side has no use for it."""
 
-    role: Role
+    name: SideName
     routes: Sequence[BaseRoute]
     open_pool: Callable[[Settings, str], Awaitable[Pool]]
 
@@ -63,7 +67,7 @@ class Resources:
     """What the lifespan opened, for the requests of this process."""
 
     settings: Settings
-    pools: Mapping[Role, Pool]
+    pools: Mapping[SideName, Pool]
     schema_head: str
 
 

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from shared import embedded
-from shared.app import create_app
+from service import embedded
+from service.app import create_app
+from service.schema import upgrade_to_head
 from shared.config import Settings, asyncpg_dsn
-from shared.schema import upgrade_to_head
 from tests.reads.factories import Shop
 from tests.replica import replay_delay, standby  # noqa: F401  (fixtures: a streaming standby)
 from tests.support import WRITE_TOKEN, running_client

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.servers import free_port, stop
+from testkit.processes import free_port, stop
 from tests.support import WRITE_TOKEN
 
 # The service's own variables: a child gets only those a test gives it.
@@ -37,11 +37,27 @@ def serve_env(database_url: str, **settings: str) -> dict[str, str]:
 @contextmanager
 def serving_process(*args: str, env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``orders-api serve *args`` in a child process on 127.0.0.1; yields it and its base URL."""
+    with serving_command([sys.executable, "-m", "service", "serve", *args], env=env, log=log) as served:
+        yield served
+
+
+@contextmanager
+def serving_command(
+    command: list[str], *, env: dict[str, str], log: Path, cwd: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``command --host 127.0.0.1 --port <a free port>`` in a child process run from ``cwd``, where
+    ``command`` serves the way something else spells it (the image's CMD, say); yields it and its base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "shared", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with log.open("ab") as output:
         # Its own process group, so a hung supervisor can be killed together with its workers.
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield process, f"http://127.0.0.1:{port}"
     finally:

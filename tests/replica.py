@@ -1,4 +1,4 @@
-"""The test server's streaming hot standby (``bench.standby.Standby``) as fixtures: ``standby`` for
+"""The test server's streaming hot standby (``testkit.standby.Standby``) as fixtures: ``standby`` for
 the session, and ``replay_delay``, which turns an apply delay off again after the test (and starts
 a standby a test left stopped). A test that stops the standby starts it again in a ``finally``.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import asyncpg
 import pytest
 
-from bench.standby import Standby
+from testkit.standby import Standby
 
 __all__ = ["Standby", "replay_delay", "standby"]
 

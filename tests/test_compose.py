@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; schemathesis brings it
 
-from shared.app import SIDES_FOR_ROLE, require_query_access
+from service.app import SIDES_FOR_ROLE, require_query_access
 from shared.config import Settings
 from shared.roles import READ_ROLE, WRITE_ROLE
 

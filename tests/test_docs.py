@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.reference import http
-from shared.reference.configuration import REGENERATE, configuration_markdown
+from service.reference import http
+from service.reference.configuration import REGENERATE, configuration_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -21,10 +21,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from reads.db import ReadPool
-from shared.app import create_app
-from shared.cli import uvicorn_options
+from service.app import create_app
+from service.cli import uvicorn_options
+from service.logs import RequestContext
 from shared.config import Settings
-from shared.logs import RequestContext
 from tests.processes import serve_env, serving_process, wait_ready
 from tests.support import running_client, serving
 from tests.writes.support import new_product
@@ -145,7 +145,7 @@ async def test_a_503_log_line_names_the_request_that_met_it(
     settings = Settings(
         database_url=database_url, read_api_open=True, read_pool_min_size=1, read_statement_timeout_ms=50
     )
-    # The filter every process's log handler has (shared.server_log.configure_logging).
+    # The filter every process's log handler has (service.logs.configure_logging).
     caplog.handler.addFilter(RequestContext())
     async with running_client(create_app(settings)) as client, db.transaction():
         await db.execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")

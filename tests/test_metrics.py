@@ -19,9 +19,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-from shared.app import create_app
+from service.app import create_app
+from service.metrics import SIZE_PERIOD
 from shared.config import Settings
-from shared.metrics import REGISTRY, SIZE_PERIOD
+from shared.metrics import REGISTRY
 from tests.processes import serve_env, serving_process, wait_until
 from tests.support import AUTH, eventually, running_client
 

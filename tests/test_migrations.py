@@ -9,8 +9,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from service.schema import current_revision, downgrade_to_base, head_revision, upgrade_to_head
 from shared.config import sqlalchemy_url
-from shared.schema import current_revision, downgrade_to_base, head_revision, upgrade_to_head
 from writes.models import Base
 
 

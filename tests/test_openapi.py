@@ -11,7 +11,7 @@ import jsonschema_rs  # Schemathesis's validator: it reads patterns as ECMA-262,
 import msgspec
 import pytest
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.support import AUTH, running_client
 

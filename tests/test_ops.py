@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.support import running_client
 

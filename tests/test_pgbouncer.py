@@ -26,10 +26,10 @@ import sqlalchemy.exc
 from sqlalchemy import text
 from starlette.applications import Starlette
 
-from bench.servers import free_port
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from shared.roles import READ_ROLE, WRITE_ROLE
+from testkit.processes import free_port
 from tests.processes import serve_env, serving_process, wait_ready
 from tests.support import AUTH, WRITE_TOKEN, running_client
 
@@ -108,7 +108,7 @@ def pgbouncer(database_url: str) -> Iterator[Bouncer]:
     if PGBOUNCER is None:
         pytest.skip("pgbouncer is not installed (.ci/run installs Debian's pgbouncer)")
     subprocess.run(
-        [sys.executable, "-m", "shared", "roles"], env=serve_env(database_url, **TIMEOUTS), check=True, timeout=60
+        [sys.executable, "-m", "service", "roles"], env=serve_env(database_url, **TIMEOUTS), check=True, timeout=60
     )
     host, server_port, database = _server_address(database_url)
     user = _run_as(host)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.app import SIDES_FOR_ROLE, ServeRole, create_app
+from service.app import SIDES_FOR_ROLE, ServeRole, create_app
 from shared.config import ConfigError, Settings
 from tests.support import WRITE_TOKEN, running_client
 from tests.writes.support import new_customer

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.conftest import TABLES
 from tests.reads.factories import Shop

@@ -1,6 +1,6 @@
 """The read models agree with the orders they summarize, after any commands, in any interleaving.
 
-The oracle (``bench.oracle``) is what the stats and the customer detail computed before the read
+The oracle (``testkit.oracle``) is what the stats and the customer detail computed before the read
 models: sums over orders. Every check compares the tables with their recomputation from orders
 (``disagreements``), and the service's answers with the oracle queries' answers.
 """
@@ -20,13 +20,13 @@ from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.database import connected
-from bench.oracle import CUSTOMER_DETAIL, DAILY_REVENUE, TOP_PRODUCTS, disagreements
-from shared.app import create_app
+from service.app import create_app
+from service.schema import alembic_config, upgrade_to_head
 from shared.config import Settings, asyncpg_dsn
 from shared.dto import CustomerDetail, RevenueReport, TopProductsReport
 from shared.salesblocks import window_blocks
-from shared.schema import alembic_config, upgrade_to_head
+from testkit.database import connected
+from testkit.oracle import CUSTOMER_DETAIL, DAILY_REVENUE, TOP_PRODUCTS, disagreements
 from tests.reads.factories import Shop
 from tests.support import AUTH, running_client
 from tests.writes.support import NDJSON, line, ndjson, rfc3339

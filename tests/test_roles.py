@@ -13,11 +13,11 @@ import asyncpg
 import httpx
 import pytest
 
-from bench.servers import free_port
-from shared.app import SIDES_FOR_ROLE, ServeRole, create_app
-from shared.cli import fetch_server_limits
+from service.app import SIDES_FOR_ROLE, ServeRole, create_app
+from service.cli import fetch_server_limits
+from service.schema import upgrade_to_head
 from shared.config import Settings, asyncpg_dsn
-from shared.schema import upgrade_to_head
+from testkit.processes import free_port
 from tests.processes import serve_env, serving_process, wait_ready
 from tests.support import AUTH, running_client
 from tests.writes.support import assert_problem
@@ -107,7 +107,7 @@ async def test_the_other_sides_route_is_a_404_naming_its_public_path(
 
 def serve_and_exit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``serve`` expected to refuse: it must exit by itself, promptly."""
-    command = [sys.executable, "-m", "shared", "serve", "--port", str(free_port()), *args]
+    command = [sys.executable, "-m", "service", "serve", "--port", str(free_port()), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 from starlette.applications import Starlette
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.support import WRITE_TOKEN, serving
 from tests.writes.support import new_customer, new_order, new_product

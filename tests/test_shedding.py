@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import msgspec
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from shared.pools import Gate
 from tests.support import AUTH, eventually, serving

@@ -14,8 +14,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from shared.app import create_app
-from shared.cli import uvicorn_options
+from service.app import create_app
+from service.cli import uvicorn_options
 from shared.config import Settings
 from tests.support import WRITE_TOKEN, serving
 
@@ -23,7 +23,7 @@ BOUND = 0.5  # HEADER_TIMEOUT and BODY_TIMEOUT here: small, so the file runs in 
 SLACK = 2.0  # a busy two-core machine may be late by this much, and no more
 MAX_HEADER_BYTES = 4096
 MAX_HEADERS = 20
-GENERATED_ID = re.compile(r"[0-9a-f]{16}")  # shared.logs.request_id's fresh ids
+GENERATED_ID = re.compile(r"[0-9a-f]{16}")  # service.logs.request_id's fresh ids
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

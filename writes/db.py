@@ -12,7 +12,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar, cast
 
@@ -29,16 +29,17 @@ from shared.config import Settings
 from shared.consistency import lsn_from_text
 from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
 from shared.errors import ApiError
-from shared.logs import SlowStatements
 from shared.pools import Gate
 from shared.roles import write_session
-from shared.schema import CURRENT_REVISION_SQL
-from shared.sides import resources
-from writes import idempotency, readmodels
+from shared.sides import CURRENT_REVISION_SQL, resources
+from shared.slowlog import SlowStatements
 
 T = TypeVar("T")
 
 log = logging.getLogger("orders_api.database")
+
+
+SETTINGS = "settings"  # the session's info key of the Settings (``WritePool`` sets it)
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
@@ -86,20 +87,18 @@ class WritePool:
             capacity=settings.write_pool_size + settings.write_pool_max_overflow,
             max_waiting=settings.write_pool_max_waiting,
         )
-        # Views are built from objects after commit; expiring them would force a lazy reload.
-        self.sessions = async_sessionmaker(
-            engine, expire_on_commit=False, info={readmodels.STRIPES: settings.read_model_stripes}
-        )
-        self.purger: asyncio.Task[None] | None = None
+        # Views are built from objects after commit; expiring them would force a lazy reload. Every
+        # session carries the settings: what a unit of work needs of them, it reads there.
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False, info={SETTINGS: settings})
+        self.tasks: list[asyncio.Task[None]] = []
         # Queries may read a replica only when the read side has its own database.
         self.marks_commits = settings.read_database_url is not None
 
     @classmethod
-    async def open(cls, settings: Settings, *, purge_every: float = idempotency.PURGE_EVERY) -> WritePool:
+    async def open(cls, settings: Settings) -> WritePool:
         """The pool, with ``WRITE_POOL_SIZE`` connections opened so the first requests do not pay for
         connecting (and an unreachable database stops start-up). Behind PgBouncer one of them also
-        checks that the write role's defaults hold (``shared.roles``): if not, start-up stops.
-        While it is open, expired idempotency keys are purged every ``purge_every`` seconds."""
+        checks that the write role's defaults hold (``shared.roles``): if not, start-up stops."""
         pool = cls(create_write_engine(settings), settings)
         if settings.slow_statement_ms:
             # Off, nothing is installed, so nothing is timed.
@@ -115,17 +114,22 @@ class WritePool:
         except BaseException:
             await pool.close()
             raise
-        pool.purger = asyncio.create_task(idempotency.purge_periodically(pool, purge_every))
         return pool
+
+    def keep_running(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``work`` (a task on this pool, such as the idempotency purge) until the pool closes."""
+        task = asyncio.create_task(work, name=name)
+        self.tasks.append(task)
+        return task
 
     async def close(self) -> None:
         try:
-            if self.purger is not None:
-                self.purger.cancel()
-                # Awaited, so a purge is not cut off by the engine's disposal mid-statement, and a
-                # purger that died of a bug says so here.
+            for task in self.tasks:
+                task.cancel()
+                # Awaited, so a task is not cut off by the engine's disposal mid-statement, and a
+                # task that died of a bug says so here.
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self.purger
+                    await task
         finally:
             await self.engine.dispose()
 

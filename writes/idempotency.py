@@ -16,7 +16,6 @@ import logging
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import msgspec
 from sqlalchemy import CursorResult, select, text
@@ -27,10 +26,8 @@ from starlette.requests import Request
 from shared.dbfailures import sqlstate
 from shared.errors import ApiError, IdempotencyKeyReused, InvalidInput, RequestInProgress
 from shared.sides import resources
+from writes.db import WritePool
 from writes.models import IdempotencyKey
-
-if TYPE_CHECKING:
-    from writes.db import WritePool
 
 log = logging.getLogger("orders_api.idempotency")
 

@@ -35,8 +35,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.salesblocks import rolled_up
-
-STRIPES = "read_model_stripes"  # the session's info key (``WritePool`` sets it from the settings)
+from writes.db import SETTINGS
 
 
 class Change(NamedTuple):
@@ -144,6 +143,6 @@ async def record(session: AsyncSession, change: Change, order_ids: Collection[in
             "placed": change.placed,
             "sold": change.sold,
             "sold_only_if_paid": change.sold_only_if_paid,
-            "stripes": session.info[STRIPES],
+            "stripes": session.info[SETTINGS].read_model_stripes,
         },
     )

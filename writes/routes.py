@@ -10,7 +10,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from shared.config import Settings
 from shared.dto import (
     CreateCustomer,
     CreateProduct,
@@ -28,9 +27,8 @@ from shared.dto import (
 )
 from shared.http import if_match_versions, path_id
 from shared.openapi import operation
-from shared.sides import Side, resources
+from shared.sides import resources
 from writes import handlers
-from writes.db import WritePool
 from writes.handlers import OrderImport
 from writes.handlers.orders import IfMatch
 from writes.idempotency import StoredResponse
@@ -179,12 +177,3 @@ ROUTES: list[BaseRoute] = [
         summary="Cancel an order (pending or paid), returning its stock",
     ),
 ]
-
-
-async def open_write_side(settings: Settings, schema_head: str) -> WritePool:
-    """The write pool. ``schema_head`` is for the read side's replicas, which replay a migration
-    late; the primary's schema is /readyz's to check."""
-    return await WritePool.open(settings)
-
-
-SIDE = Side(role="writes", routes=ROUTES, open_pool=open_write_side)

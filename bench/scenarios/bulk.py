@@ -18,9 +18,9 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench.core import Context, Measurement
-from bench.database import connected
 from shared.config import Settings
 from shared.dto import ImportedOrder
+from testkit.database import connected
 from writes.db import WritePool
 from writes.handlers import OrderImport, import_orders
 from writes.handlers.imports import ITEM_COLUMNS, ORDER_COLUMNS, item_records, order_records

@@ -4,7 +4,7 @@ Writes: commands at the write pool's own concurrency, where the second setup als
 commit's WAL position for its Consistency-Token: that one round trip is the token's cost.
 
 On one machine the standby shares the CPU with everything else, so it adds no capacity here: the
-numbers show what routing and the token cost, not what a replica on its own host would add."""
+numbers show what choosing a replica and the token cost, not what a replica on its own host would add."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import httpx
 from bench.core import Context, Measurement
 from bench.load import Answers, accepted, post_orders, random_order
 from bench.servers import Server, serve_service
-from bench.standby import Standby
 from bench.wrk import WrkResult, pooled, wrk
 from shared.config import Settings
+from testkit.standby import Standby
 
 SCENARIO = "replicas"
 PRIMARY_ONLY, WITH_REPLICA = "primary only", "one replica"

@@ -7,7 +7,7 @@ At each size:
 - the top products again at 4 connections while a writes process pays ``SALES_PER_SECOND``
   orders, so that answers are computed again after each sale;
 - the same questions as SQL on one connection in this process, before and after: the on-the-fly
-  sums over orders the read models replaced (``bench.oracle``, the tests' oracle) against the
+  sums over orders the read models replaced (``testkit.oracle``, the tests' oracle) against the
   service's read-model queries, alternating round by round (the top products' ranking, then its
   statement when the answer the service kept is current: the version check alone). A call of the "before" queries at a
   million orders takes seconds, so each of its runs stops after ``Sizes.seconds`` (at least one call).
@@ -38,15 +38,16 @@ import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench import oracle
 from bench.core import Context, Measurement, quantile_ms
-from bench.database import add_orders, connected
+from bench.database import add_orders
 from bench.servers import serve_service
 from bench.wrk import pooled, wrk
 from reads.queries.customers import CUSTOMER_DETAIL
 from reads.queries.stats import DAILY_REVENUE, RANKING, TOP_PRODUCTS
 from shared.config import Settings
 from shared.dto import ImportedLine, ImportedOrder, OrderLine, PlaceOrder
+from testkit import oracle
+from testkit.database import connected
 from writes import readmodels
 from writes.db import WritePool
 from writes.handlers import OrderImport, import_orders, pay_order, place_order

@@ -14,11 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.core import Context, Measurement, quantile_ms
-from bench.database import connected
 from bench.load import REJECTED, Answers, accepted, post_orders, random_order
 from bench.profile import Profile, record
 from bench.servers import Server, serve_service
 from shared.config import Settings
+from testkit.database import connected
 
 SCENARIO = "writes"
 CLIENTS = 200

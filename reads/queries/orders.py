@@ -94,7 +94,7 @@ async def order_page(reader: Reader, params: OrderListing) -> Page[OrderSummary]
     bound_to = ("orders", *params.values())
     after_at, after_id = (None, None) if params.cursor is None else after_row(params.cursor, bound_to)
     sql = order_page_sql(present(params.values()), params.cursor is not None)
-    rows = await reader.fetch(sql, list[OrderSummary], *params.values(), after_at, after_id, params.limit + 1)
+    rows = await reader.value(sql, list[OrderSummary], *params.values(), after_at, after_id, params.limit + 1)
     return page_of(rows, params.limit, lambda order: (order.created_at, order.id), bound_to=bound_to)
 
 
@@ -136,13 +136,13 @@ async def order_batches(
     connection is back in the pool, and memory holds one batch however many orders match. The
     first batch waits for a connection as any query does; the later ones up to ``later_wait``
     (``READ_EXPORT_WAIT``), and are never turned away by a full queue, because by then the
-    response has begun. ``reader`` answers every batch from one database (``reads.routing``).
+    response has begun. ``reader`` answers every batch from one database (``reads.balancing``).
     """
     sql, after, wait = export_batch_sql(present(filters.values())), 0, None
     while True:
         # Replanned: how many orders a filter matches decides between walking the primary key and
         # sorting the filter's matches, which a generic plan cannot know (one more round trip a batch).
-        batch = await reader.fetch(
+        batch = await reader.value(
             sql, list[OrderSummary], *filters.values(), after, batch_size, wait=wait, shed=wait is None, replan=True
         )
         if not batch:

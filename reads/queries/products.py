@@ -56,7 +56,7 @@ async def product_search(reader: Reader, params: ProductSearch) -> Page[ProductV
     sql = product_search_sql(pattern is not None, after is not None)
     # A pattern is replanned: a rare one is served by the trigram indexes, a common one by walking
     # the primary key until the page is full, and a generic plan cannot tell them apart.
-    rows = await reader.fetch(sql, list[ProductView], pattern, after, params.limit + 1, replan=pattern is not None)
+    rows = await reader.value(sql, list[ProductView], pattern, after, params.limit + 1, replan=pattern is not None)
     return page_of(rows, params.limit, lambda product: product.id, bound_to=bound_to)
 
 

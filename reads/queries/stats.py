@@ -3,7 +3,7 @@
 Both read only the read models (``sales_daily``, ``product_sales``), which the commands keep in
 step (``writes.readmodels``): their cost follows the window's days (or blocks of days) and the
 products sold in them, not the number of orders. Their answers equal the on-the-fly sums over
-orders they replaced, which the tests keep as the oracle (``bench/oracle.py``).
+orders they replaced, which the tests keep as the oracle (``testkit/oracle.py``).
 
 The top products' answer is kept by the process with the version of the product sales it was
 computed from, and reused while the version stays: ranking a window's few thousand block rows is
@@ -48,7 +48,7 @@ DAILY_REVENUE = f"""
 
 
 async def daily_revenue(reader: Reader, window: RevenueWindow) -> RevenueReport:
-    return await reader.fetch(DAILY_REVENUE, RevenueReport, window.days)
+    return await reader.value(DAILY_REVENUE, RevenueReport, window.days)
 
 
 # The same window as DAILY_REVENUE, read from its few blocks (``shared.salesblocks``): each block is
@@ -110,7 +110,7 @@ async def top_products(reader: Reader, window: TopProductsWindow) -> TopProducts
     (``reads.answers``): exact either way, in one round trip."""
     question = ("top products", window.days, window.limit)
     kept = reader.answers.get(question, TopProductsReport)
-    found = await reader.fetch(
+    found = await reader.value(
         TOP_PRODUCTS, VersionedReport, window.days, window.limit, None if kept is None else kept.version
     )
     if found.report is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.app import SIDES_FOR_ROLE, ServeRole, create_app
+from service.app import SIDES_FOR_ROLE, ServeRole, create_app
 from shared.config import Settings
 from shared.consistency import HEADER, encode_token
 from tests.support import running_client

@@ -11,7 +11,7 @@ import msgspec
 from asgi_lifespan import LifespanManager
 from starlette.types import Message
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.reads.factories import Body, Shop
 

@@ -18,7 +18,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.types import Message, Receive, Scope, Send
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.reads.factories import Shop
 from tests.reads.test_export import insert_orders

@@ -25,7 +25,7 @@ from reads.queries.customers import CUSTOMER_DETAIL
 from reads.queries.orders import ORDER_BY_ID, export_batch_sql, order_page_sql, present
 from reads.queries.products import like_pattern, product_search_sql
 from reads.queries.stats import DAILY_REVENUE, TOP_PRODUCTS
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.support import running_client
 

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.reads.factories import Body, Shop
 from tests.support import running_client

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from starlette.applications import Starlette
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.support import running_client
 

@@ -20,14 +20,14 @@ import pytest
 from alembic.script import ScriptDirectory
 from starlette.applications import Starlette
 
-from bench.servers import free_port
+from reads.balancing import Replicas, Routed
 from reads.db import ReadPool
 from reads.replicas import LONG_PAGE_HEADER, covers, lag
-from reads.routing import Replicas, Routed
-from shared.app import create_app
+from service.app import create_app
+from service.schema import alembic_config, head_revision
 from shared.config import Settings
 from shared.consistency import HEADER, encode_token
-from shared.schema import alembic_config, head_revision
+from testkit.processes import free_port
 from tests.reads.test_export import insert_orders
 from tests.replica import Standby
 from tests.support import AUTH, WRITE_TOKEN, eventually, running_client
@@ -459,11 +459,11 @@ async def test_a_query_meeting_a_table_the_replica_lacks_runs_on_the_primary_whi
         await db.execute("CREATE TABLE replica_lacks_this AS SELECT 7 AS n")  # on the replica 4 s later
         try:
             fell_back = Routed(replicas, replica, "replica")
-            answer = await fell_back.fetch("SELECT n::text FROM replica_lacks_this", int)
+            answer = await fell_back.value("SELECT n::text FROM replica_lacks_this", int)
             condition = replica.condition()
             await eventually(lambda: replica.in_service, within=5)  # the monitor's next round: at head
             with pytest.raises(asyncpg.UndefinedTableError):
-                await Routed(replicas, replica, "replica").fetch("SELECT n::text FROM nowhere_at_all", int)
+                await Routed(replicas, replica, "replica").value("SELECT n::text FROM nowhere_at_all", int)
             still_in_service = replica.in_service
         finally:
             await db.execute("DROP TABLE replica_lacks_this")

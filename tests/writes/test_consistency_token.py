@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import msgspec
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from shared.consistency import HEADER, decode_token, lsn_from_text
 from tests.support import AUTH, running_client

@@ -15,12 +15,14 @@ import pytest
 from sqlalchemy import event
 from starlette.applications import Starlette
 
-from shared.app import create_app
+from service.app import create_app
+from service.schema import head_revision
 from shared.config import Settings
 from tests.support import AUTH, WRITE_TOKEN, running_client
 from tests.writes.support import assert_problem, new_customer, new_product, place
 from writes import idempotency
 from writes.db import WritePool
+from writes.side import open_write_side
 
 
 async def test_a_retry_with_the_same_key_replays_the_stored_response_and_runs_nothing_twice(
@@ -179,7 +181,7 @@ async def test_a_purge_deletes_expired_keys_a_bounded_batch_at_a_time_and_skips_
 async def test_the_write_pool_purges_expired_keys_while_open_and_stops_when_closed(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    pool = await WritePool.open(settings, purge_every=0.05)
+    pool = await open_write_side(settings, head_revision(), purge_every=0.05)
     try:
         await insert_expired_keys(db, ["a", "b", "c"])
         for _ in range(100):  # 5 s at most
@@ -189,8 +191,8 @@ async def test_the_write_pool_purges_expired_keys_while_open_and_stops_when_clos
         assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
     finally:
         await pool.close()
-    assert pool.purger is not None
-    assert pool.purger.done()
+    [purger] = pool.tasks
+    assert purger.done()
     await insert_expired_keys(db, ["after-close"])
     await asyncio.sleep(0.3)
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 1
@@ -199,8 +201,7 @@ async def test_the_write_pool_purges_expired_keys_while_open_and_stops_when_clos
 async def test_the_apps_write_pool_runs_the_purge_task_for_as_long_as_the_app_runs(settings: Settings) -> None:
     app = create_app(settings)
     async with running_client(app):
-        purger = write_pool(app).purger
-        assert purger is not None
+        [purger] = write_pool(app).tasks
         assert not purger.done()
     assert purger.done()
 

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from starlette.applications import Starlette
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings, asyncpg_dsn
 from tests.support import AUTH, running_client
 from tests.writes.support import NDJSON, assert_problem, line, ndjson, new_customer, new_order, new_product

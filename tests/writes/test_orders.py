@@ -10,7 +10,7 @@ import httpx
 import msgspec
 import pytest
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from shared.errors import InsufficientStock
 from tests.support import AUTH, running_client

@@ -9,7 +9,7 @@ import httpx
 import msgspec
 import pytest
 
-from shared.app import create_app
+from service.app import create_app
 from shared.config import Settings
 from tests.support import AUTH, running_client
 from tests.writes.support import assert_problem, new_customer, new_order, new_product

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 from click.testing import CliRunner
 
-from shared.cli import main
+from service.cli import main
 
 SUMMARY = """
     SELECT (SELECT count(*) FROM customers) AS customers,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple, NoReturn, Protocol, cast
 
 from sqlalchemy import BigInteger, bindparam, func, select, update
@@ -125,7 +125,7 @@ async def take_stock(session: AsyncSession, wanted: dict[int, int]) -> dict[int,
     return products
 
 
-async def lock_products(session: AsyncSession, product_ids: dict[int, int]) -> dict[int, Product]:
+async def lock_products(session: AsyncSession, product_ids: Collection[int]) -> dict[int, Product]:
     # Every transaction that touches stock locks its products in id order, so two orders sharing
     # products queue behind each other instead of deadlocking. FOR NO KEY UPDATE (key_share): the key
     # is not changed, so foreign-key checks and an import's FOR KEY SHARE on the same rows go on.

@@ -1,5 +1,5 @@
-"""Logs: one configuration for every process, each request's id, the JSON access log, the one line an
-unexpected error gets, and the per-pool slow-statement log.
+"""Logs: one configuration for every process, each request's id, the JSON access log, and the one line
+an unexpected error gets (the per-pool slow-statement log is ``shared.slowlog``).
 
 Inside a request every log record carries the request (``[request <id> <method> <route>]``): the
 middleware keeps it in a context variable and a logging filter adds it, so a 503's driver message or a
@@ -23,18 +23,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.routing import route_template
+from shared.paths import route_template
 
 AccessLog = Literal["off", "text", "json"]
 ErrorResponse = Callable[[Request, Exception], Awaitable[Response]]
 
 errors = logging.getLogger("orders_api.http")
-slow = logging.getLogger("orders_api.database.slow")
 
 # An incoming X-Request-Id is kept when it is a short token (a UUID, a ULID, a proxy's hex id);
 # anything else, which could forge log lines or bloat them, is replaced by our own.
 SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
-LONGEST_STATEMENT = 1000  # characters of a slow statement's text kept in its line
 
 
 def configure_logging() -> None:
@@ -165,30 +163,3 @@ def _write_access_line(current: CurrentRequest, status: int | None, elapsed: flo
     stdout = sys.stdout
     stdout.write(ACCESS_LINE.encode(line).decode() + "\n")
     stdout.flush()
-
-
-class SlowStatements:
-    """Logs a pool's statements that ran longer than ``SLOW_STATEMENT_MS``: the pool, the time and the
-    statement's text, never its parameters (they may hold personal data). Each pool feeds it from its
-    driver's own timing hook (``writes.db``, ``reads.db``)."""
-
-    def __init__(self, pool: str, threshold_ms: int) -> None:
-        self.pool = pool
-        self.threshold_ms = threshold_ms
-        self.threshold = threshold_ms / 1000
-
-    def observe(self, statement: str, elapsed: float) -> None:
-        if elapsed > self.threshold:
-            slow.warning(
-                "%s: statement took %.0f ms (SLOW_STATEMENT_MS=%d): %s",
-                self.pool,
-                elapsed * 1000,
-                self.threshold_ms,
-                _one_line(statement),
-            )
-
-
-def _one_line(statement: str) -> str:
-    # The queries are laid out over many lines in the source; a log line is one line.
-    text = " ".join(statement.split())
-    return text if len(text) <= LONGEST_STATEMENT else text[:LONGEST_STATEMENT] + "..."

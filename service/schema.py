@@ -11,11 +11,9 @@ from alembic.script import ScriptDirectory
 
 import migrations
 from shared.config import sqlalchemy_url
+from shared.sides import CURRENT_REVISION_SQL
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
-
-# Readiness asks the read pool for this: one round trip, and no SQLAlchemy on the read side.
-CURRENT_REVISION_SQL = "SELECT version_num FROM alembic_version"
 
 
 def alembic_config(url: str) -> Config:

@@ -167,10 +167,10 @@ class Routed:
     ) -> T | None:
         return await self._answer(lambda pool: pool.find(sql, view, *args, wait=wait, shed=shed, replan=replan))
 
-    async def fetch(
+    async def value(
         self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
     ) -> T:
-        return await self._answer(lambda pool: pool.fetch(sql, view, *args, wait=wait, shed=shed, replan=replan))
+        return await self._answer(lambda pool: pool.value(sql, view, *args, wait=wait, shed=shed, replan=replan))
 
     async def _answer(self, query: Callable[[ReadPool], Awaitable[T]]) -> T:
         if self.answered:

@@ -10,10 +10,10 @@ import asyncpg
 import httpx
 from click.testing import CliRunner
 
-from shared.cli import main, on_embedded_database, require_schema_at_head, uvicorn_options
+from service.cli import main, on_embedded_database, require_schema_at_head, uvicorn_options
+from service.schema import current_revision, head_revision
 from shared.config import Settings, asyncpg_dsn
 from shared.roles import READ_ROLE
-from shared.schema import current_revision, head_revision
 from tests.processes import own_env, serving_process, wait_ready
 
 

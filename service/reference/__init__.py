@@ -3,5 +3,5 @@
 ``configuration`` renders ``Settings`` (docs/configuration.md, ``orders-api config``); ``http``
 renders the served OpenAPI document and ``PROBLEMS`` into the marked sections of docs/http.md,
 around hand-written prose. tests/test_docs.py regenerates both and compares;
-``python -m shared.reference`` rewrites them.
+``python -m service.reference`` rewrites them.
 """

@@ -1,11 +1,11 @@
-"""``python -m shared.reference``: rewrite docs/configuration.md and the generated sections of docs/http.md."""
+"""``python -m service.reference``: rewrite docs/configuration.md and the generated sections of docs/http.md."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from shared.reference import http
-from shared.reference.configuration import configuration_markdown
+from service.reference import http
+from service.reference.configuration import configuration_markdown
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -15,31 +15,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-import reads.routes
-import writes.routes
+import reads.side
+import writes.side
+from service.logs import RequestLog
+from service.metrics import RequestMetrics, metrics
+from service.schema import head_revision
 from shared.config import ConfigError, Settings
 from shared.dto import Problem
 from shared.errors import ApiError, MethodNotAllowed, NotFound
 from shared.http import ProblemResponse, problem_response
-from shared.logs import RequestLog
-from shared.metrics import RequestMetrics, metrics
 from shared.openapi import build_openapi, operation
-from shared.routing import by_path, template
-from shared.schema import head_revision
-from shared.sides import Degradable, Pool, Resources, Role, Side, resources
+from shared.paths import by_path, template
+from shared.sides import Degradable, Pool, Resources, Side, SideName, resources
 
 VERSION = "0.1.0"
 
 log = logging.getLogger("orders_api")
 
 
-ALL_SIDES: tuple[Side, ...] = (writes.routes.SIDE, reads.routes.SIDE)
+ALL_SIDES: tuple[Side, ...] = (writes.side.SIDE, reads.side.SIDE)
 # What `orders-api serve --role` serves: a process of one role opens only that side's pool.
 ServeRole = Literal["all", "reads", "writes"]
 SIDES_FOR_ROLE: Mapping[ServeRole, tuple[Side, ...]] = {
     "all": ALL_SIDES,
-    "reads": (reads.routes.SIDE,),
-    "writes": (writes.routes.SIDE,),
+    "reads": (reads.side.SIDE,),
+    "writes": (writes.side.SIDE,),
 }
 
 
@@ -52,11 +52,11 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
         async with AsyncExitStack() as stack:
-            pools: dict[Role, Pool] = {}
+            pools: dict[SideName, Pool] = {}
             for side in sides:
                 pool = await side.open_pool(settings, head)
                 stack.push_async_callback(pool.close)
-                pools[side.role] = pool
+                pools[side.name] = pool
             resources = Resources(settings=settings, pools=pools, schema_head=head)
             # Requests reach it through shared.sides.resources(request); operations tooling and
             # tests through app.state.resources.
@@ -75,11 +75,11 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
     ]
     served = [route for side in sides for route in side.routes]
     # The router tries routes in order, a regex match each: the queries, the hot path, go first.
-    queries_first = [route for side in sorted(sides, key=lambda side: side.role != "reads") for route in side.routes]
-    elsewhere = [not_served(route, side.role) for side in ALL_SIDES if side not in sides for route in side.routes]
+    queries_first = [route for side in sorted(sides, key=lambda side: side.name != "reads") for route in side.routes]
+    elsewhere = [not_served(route, side.name) for side in ALL_SIDES if side not in sides for route in side.routes]
     # Built once, from the routes this process serves. Commands always need a token; queries unless
     # READ_API_OPEN opened them.
-    secured = [route for side in sides if side.role == "writes" or not settings.read_api_open for route in side.routes]
+    secured = [route for side in sides if side.name == "writes" or not settings.read_api_open for route in side.routes]
     openapi = build_openapi([*operations, *served], title="orders-api", version=VERSION, secured=secured)
     app = Starlette(
         # A path both sides serve (GET and POST /v1/orders) is one route, so a 405 lists every method.
@@ -104,19 +104,19 @@ def require_query_access(settings: Settings, sides: Sequence[Side]) -> None:
     read them (READ_API_TOKENS) or that anyone may (READ_API_OPEN). With neither, every query would
     be a 401, so the process refuses to start instead. ``serve`` opens them on the embedded demo
     database; a writes process serves no query and needs neither."""
-    if any(side.role == "reads" for side in sides) and not (settings.read_api_tokens or settings.read_api_open):
+    if any(side.name == "reads" for side in sides) and not (settings.read_api_tokens or settings.read_api_open):
         raise ConfigError(
             "queries return personal data (emails, names): set READ_API_TOKENS to the bearer tokens that may"
             " read them, or READ_API_OPEN=true to open them to anyone"
         )
 
 
-def not_served(route: BaseRoute, role: Role) -> Route:
+def not_served(route: BaseRoute, side: SideName) -> Route:
     """``route`` in a process that does not serve its side: the same path and methods, a 404."""
     assert isinstance(route, Route)
 
     async def elsewhere(request: Request) -> Response:
-        raise NotFound(f"{request.method} {template(route.path)} is served by processes with --role {role} or all")
+        raise NotFound(f"{request.method} {template(route.path)} is served by processes with --role {side} or all")
 
     return Route(route.path, elsewhere, methods=sorted((route.methods or set()) - {"HEAD"}))
 

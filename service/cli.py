@@ -1,4 +1,4 @@
-"""orders-api serve | migrate | roles | seed | pools | config | bench."""
+"""orders-api serve | migrate | roles | seed | pools | config (the benchmark is ``python -m bench``)."""
 
 from __future__ import annotations
 
@@ -19,16 +19,15 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 import writes.seed
-from bench.core import SCENARIOS
-from shared import embedded
-from shared.app import SIDES_FOR_ROLE, ServeRole, create_app, require_query_access
+from service import embedded
+from service.app import SIDES_FOR_ROLE, ServeRole, create_app, require_query_access
+from service.logs import configure_logging
+from service.metrics import multiprocess_directory
+from service.reference.configuration import configuration_markdown, effective_report
+from service.schema import current_revision, head_revision, upgrade_to_head
+from service.server import HeadBounds
 from shared.config import ConfigError, Settings, asyncpg_dsn
-from shared.logs import configure_logging
-from shared.metrics import multiprocess_directory
-from shared.reference.configuration import configuration_markdown, effective_report
 from shared.roles import READ_ROLE, WRITE_ROLE, SessionSettingsWrong, role_statements
-from shared.schema import current_revision, head_revision, upgrade_to_head
-from shared.server import HeadBounds
 from shared.sides import Side
 
 DATA_DIR = click.option(
@@ -126,7 +125,7 @@ def serve(host: str, port: int, workers: int, role: ServeRole, data_dir: Path | 
     os.environ["ORDERS_API_ROLE"] = role
     # The workers sum their metrics through files in one directory (shared.metrics).
     with multiprocess_directory():
-        uvicorn.run("shared.cli:app_from_env", factory=True, host=host, port=port, workers=workers, **options)
+        uvicorn.run("service.cli:app_from_env", factory=True, host=host, port=port, workers=workers, **options)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -139,7 +138,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "http": bounds,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
-        # "text" is uvicorn's own line; "json" is written by shared.logs.RequestLog. Otherwise uvicorn's
+        # "text" is uvicorn's own line; "json" is written by service.logs.RequestLog. Otherwise uvicorn's
         # access logger gets no handler, so it does not even build the line.
         "access_log": settings.access_log == "text",
     }
@@ -285,7 +284,7 @@ def fetch_server_limits(url: str) -> tuple[int, int, int]:
 
 async def server_limits(dsn: str) -> tuple[int, int, int]:
     # No statement cache: one statement, and behind PgBouncer a named one would outlive this
-    # connection (shared.schema.current_revision says more).
+    # connection (service.schema.current_revision says more).
     connection = await asyncpg.connect(dsn, timeout=10, statement_cache_size=0)
     try:
         row = await connection.fetchrow(
@@ -394,26 +393,3 @@ def pool_report(settings: Settings, workers: int, max_connections: int, reserved
 def config(markdown: bool) -> None:
     """Show every configuration variable: its effective value (secrets masked), type, default, bounds and meaning."""
     click.echo(configuration_markdown() if markdown else effective_report(load_settings()), nl=not markdown)
-
-
-@main.command()
-@click.option("--smoke", is_flag=True, help="Seconds-long, on tiny data: checks that every scenario measures (CI).")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("bench/results"),
-    show_default=True,
-    help="Where the report (README.md), its charts and results.json go.",
-)
-@click.option("--only", multiple=True, type=click.Choice(SCENARIOS), help="Run just these scenarios (repeatable).")
-def bench(smoke: bool, out: Path, only: tuple[str, ...]) -> None:
-    """Benchmark the service against an async-ORM twin, a bare floor and a ceiling, from scratch (bench/)."""
-    try:
-        from bench.run import run_benchmark
-    except ImportError as exc:
-        raise click.ClickException(f"{exc.name} is missing: pip install -e '.[bench]'") from None
-    try:
-        report = run_benchmark(out, smoke=smoke, only=only, say=click.echo)
-    except RuntimeError as exc:  # wrk or py-spy missing, a server that would not start
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"report: {report}")

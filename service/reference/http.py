@@ -17,13 +17,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from shared.app import create_app
+from service.app import create_app
+from service.reference.configuration import table_cell
 from shared.config import Settings
 from shared.errors import PROBLEMS
 from shared.openapi import INSTANT_DATES, PYTHON_WHITESPACE, SEQUENCE_MEDIA_TYPES
-from shared.reference.configuration import table_cell
 
-REGENERATE = "python -m shared.reference"
+REGENERATE = "python -m service.reference"
 
 Document = dict[str, Any]
 

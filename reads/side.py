@@ -1,0 +1,10 @@
+"""The query side as the shell plugs it in: its routes, and its pool (one ``ReadPool``, or the
+primary's with its replicas, ``reads.balancing``), which keeps the answer cache."""
+
+from __future__ import annotations
+
+from reads.balancing import open_read_side
+from reads.routes import ROUTES
+from shared.sides import Side
+
+SIDE = Side(name="reads", routes=ROUTES, open_pool=open_read_side)

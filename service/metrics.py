@@ -1,0 +1,187 @@
+"""The shell's side of the metrics: the middleware that counts requests, ``GET /metrics``, and the
+directory ``serve --workers N`` shares values through.
+
+With ``serve --workers N`` each worker is a process with its own numbers, and a scrape reaches just
+one of them. prometheus-client's multiprocess mode makes every scrape answer for all of them: each
+worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` sums the files.
+``serve`` sets it to a fresh directory before the workers start (``multiprocess_directory``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.metrics import (
+    HTTP_REQUEST_SECONDS,
+    HTTP_REQUESTS,
+    MULTIPROCESS_DIR,
+    MULTIPROCESS_DIR_VARIABLE,
+    REGISTRY,
+    publish_sizes,
+)
+from shared.openapi import operation
+from shared.paths import route_template
+from shared.sides import Pool, Resources
+
+# A path no route matched is one label, never the raw path, so a scanner cannot grow the series.
+UNMATCHED = "unmatched"
+# Any token is a valid HTTP method; the rest share one label for the same reason.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+
+
+def _pools(scope: Scope) -> Iterable[Pool]:
+    """The pools of this process, from the lifespan state (which the server also copies into
+    every request's scope)."""
+    resources: Resources | None = scope.get("state", {}).get("resources")
+    return () if resources is None else resources.pools.values()
+
+
+# Connections open and close inside the drivers, which offer no hook here, and not only during
+# requests (an idle connection expires), so each process publishes its pools' sizes this often.
+SIZE_PERIOD = 1.0
+
+
+class RequestMetrics:
+    """Counts and times every HTTP request by method, route template and status (pure ASGI: no
+    request object is built, and two cached children are all a request touches). While the app's
+    lifespan runs it also publishes its pools' sizes every ``SIZE_PERIOD`` seconds."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # (method, route path, status) -> its counter and timer. Bounded: the methods are a fixed
+        # set, the paths those of the routes (or None), the statuses the service's own.
+        self.children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        # Stays 500 when the app raises: a middleware outside this one answers the exception with a 500.
+        status = 500
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            counter, timer = self._children(scope, status)
+            counter.inc()
+            timer.observe(time.perf_counter() - started)
+
+    def _children(self, scope: Scope, status: int) -> tuple[Counter, Histogram]:
+        method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
+        route = route_template(scope) or UNMATCHED
+        key = (method, route, status)
+        found = self.children.get(key)
+        if found is None:
+            found = HTTP_REQUESTS.labels(method, route, str(status)), HTTP_REQUEST_SECONDS.labels(method, route)
+            self.children[key] = found
+        return found
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        publisher: asyncio.Task[None] | None = None
+
+        async def send_and_start_publishing(message: Message) -> None:
+            nonlocal publisher
+            if message["type"] == "lifespan.startup.complete":
+                # The pools are open and in the state: publish before the first request is served.
+                publish_sizes(_pools(scope))
+                publisher = asyncio.create_task(_publish_sizes_periodically(scope))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_start_publishing)
+        finally:
+            if publisher is not None:
+                publisher.cancel()
+                await asyncio.wait([publisher])
+
+
+async def _publish_sizes_periodically(scope: Scope) -> None:
+    while True:
+        await asyncio.sleep(SIZE_PERIOD)
+        publish_sizes(_pools(scope))
+
+
+@operation(
+    "Prometheus metrics: both pools and HTTP requests, summed across workers", tag="operations", responses={200: None}
+)
+async def metrics(request: Request) -> Response:
+    publish_sizes(_pools(request.scope))
+    # Reading every worker's files takes milliseconds (about 13 ms for 4 workers' files here): off
+    # the event loop, so the requests this worker is serving meanwhile do not stall behind it.
+    text = await run_in_threadpool(lambda: generate_latest(_registry()))
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    if MULTIPROCESS_DIR is None:
+        return REGISTRY
+    _forget_dead_workers(Path(MULTIPROCESS_DIR))
+    # Built per scrape, as prometheus-client prescribes: the collector reads every worker's files.
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]  # prometheus-client leaves these untyped
+    return registry
+
+
+def _forget_dead_workers(directory: Path) -> None:
+    """Drop the gauges of workers that are gone from the sum (their counters and histograms stay:
+    what they counted happened). uvicorn's supervisor restarts a worker that died or hung with no
+    hook to tell us, and a worker killed with SIGKILL runs no exit code, so the scrape checks."""
+    for file in directory.glob("gauge_live*_*.db"):
+        pid = int(file.stem.rsplit("_", 1)[1])
+        # Two workers answering scrapes at once may both find the same dead one.
+        if not _alive(pid):
+            with suppress(FileNotFoundError):
+                multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]  # prometheus-client leaves these untyped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: no signal, only the check that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, as another user's: not ours, but not for us to forget either
+        return True
+    return True
+
+
+@contextmanager
+def multiprocess_directory() -> Iterator[str]:
+    """The directory the workers of one ``serve --workers N`` share their values through, set in
+    the environment they inherit: ``PROMETHEUS_MULTIPROC_DIR`` when the operator set it (emptied of
+    an earlier run's files, as prometheus-client requires), else a fresh one removed at exit."""
+    given = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="orders-api-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR_VARIABLE] = directory
+        try:
+            yield directory
+        finally:
+            del os.environ[MULTIPROCESS_DIR_VARIABLE]

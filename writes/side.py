@@ -1,0 +1,23 @@
+"""The command side as the shell plugs it in: its routes, and its pool with the tasks it runs."""
+
+from __future__ import annotations
+
+from shared.config import Settings
+from shared.sides import Side
+from writes import idempotency
+from writes.db import WritePool
+from writes.routes import ROUTES
+
+
+async def open_write_side(
+    settings: Settings, schema_head: str, *, purge_every: float = idempotency.PURGE_EVERY
+) -> WritePool:
+    """The write pool, purging expired idempotency keys every ``purge_every`` seconds while it is
+    open. ``schema_head`` is for the read side's replicas, which replay a migration late; the
+    primary's schema is /readyz's to check."""
+    pool = await WritePool.open(settings)
+    pool.keep_running(idempotency.purge_periodically(pool, purge_every), name="orders-api idempotency purge")
+    return pool
+
+
+SIDE = Side(name="writes", routes=ROUTES, open_pool=open_write_side)
