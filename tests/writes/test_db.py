@@ -20,6 +20,8 @@ from shared.errors import DatabaseUnavailable, ServiceUnavailable
 from writes.db import WritePool, create_write_engine
 from writes.models import Product
 
+WRITE_APPLICATION = "orders-api:write"  # the write pool's application_name (shared.roles)
+
 
 @pytest.fixture
 async def pool(settings: Settings) -> AsyncIterator[WritePool]:
@@ -30,6 +32,10 @@ async def pool(settings: Settings) -> AsyncIterator[WritePool]:
 
 async def select_one(session: AsyncSession) -> None:
     await session.execute(text("SELECT 1"))
+
+
+async def select_value(session: AsyncSession) -> object:
+    return await session.scalar(text("SELECT 1"))
 
 
 async def test_an_unreachable_database_is_database_unavailable(settings: Settings) -> None:
@@ -51,6 +57,20 @@ async def test_a_connection_lost_mid_transaction_is_database_unavailable(
 
     with pytest.raises(DatabaseUnavailable, match="lost"):
         await pool.run(killed)
+
+
+async def test_pooled_connections_that_died_while_idle_are_replaced_at_checkout(
+    pool: WritePool, db: asyncpg.Connection
+) -> None:
+    """WRITE_POOL_PRE_PING (on by default): after a restart of the server's backends, every unit of
+    work gets a live connection, not a 503."""
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+        WRITE_APPLICATION,
+    )
+    assert killed == 5  # the whole pool, opened at start-up
+    for _ in range(10):
+        assert await pool.run(select_value) == 1
 
 
 async def test_a_statement_past_the_statement_timeout_is_service_unavailable(settings: Settings) -> None:
