@@ -9,7 +9,7 @@ from pathlib import Path
 
 # In the order they run: the reads and the stats first, on the seeded orders; the stats then grow the
 # table to Sizes.more_orders, and the scenarios after them write into a table of that size.
-SCENARIOS = ("query-layer", "http-reads", "stats", "writes", "isolation", "replicas", "bulk")
+SCENARIOS = ("query-layer", "http-reads", "stats", "writes", "write-floor", "isolation", "replicas", "bulk")
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,28 @@
 """The benchmark's own PostgreSQL: the embedded server in a scratch directory, migrated and seeded
-through the service's bulk paths (``writes.seed``), gone when the run ends."""
+through the service's bulk paths (``writes.seed``, the import command), gone when the run ends."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import writes.seed
 from service import embedded
 from service.schema import upgrade_to_head
 from shared.config import Settings
+from shared.dto import ImportedLine, ImportedOrder
 from testkit.database import connected
+from writes.db import WritePool
+from writes.handlers import OrderImport, import_orders
 
 
 @contextmanager
@@ -51,6 +57,46 @@ async def analyze(url: str) -> None:
     """Fresh planner statistics, as autovacuum would give a long-running server."""
     async with connected(url) as connection:
         await connection.execute("VACUUM ANALYZE")
+
+
+@asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[WritePool]:
+    pool = await WritePool.open(settings)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def demo_ids(url: str) -> tuple[list[int], list[int]]:
+    async with connected(url) as connection:
+        customers = [row[0] for row in await connection.fetch("SELECT id FROM customers ORDER BY id LIMIT 1000")]
+        products = [row[0] for row in await connection.fetch("SELECT id FROM products WHERE stock > 1000")]
+    return customers, products
+
+
+async def pending_orders_of_today(url: str, customers: list[int], products: list[int], count: int) -> list[int]:
+    """``count`` pending orders placed now, through the import command; their ids, in random order."""
+    rng = random.Random(11)
+    now = datetime.now(UTC)
+    orders = [
+        ImportedOrder(
+            customer_id=rng.choice(customers),
+            status="pending",
+            created_at=now,
+            items=[ImportedLine(product_id=p, quantity=1, unit_price_cents=500) for p in rng.sample(products, k=2)],
+        )
+        for _ in range(count)
+    ]
+    async with opened(Settings(database_url=url)) as pool:
+        await pool.run(partial(import_orders, OrderImport(orders, list(range(1, count + 1)))))
+    async with connected(url) as connection:
+        ids = [
+            row[0]
+            for row in await connection.fetch("SELECT id FROM orders WHERE status = 'pending' AND created_at = $1", now)
+        ]
+    rng.shuffle(ids)
+    return ids
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The report: markdown with PNG charts (matplotlib), the machine, the versions and every setting,
-and the targets of issues 10 and 12 checked against the measurements."""
+and the targets of issues 10, 12 and 20 checked against the measurements."""
 
 from __future__ import annotations
 
@@ -50,13 +50,29 @@ def limit_target(name: str, limit: float, value: float, unit: str) -> Target:
 
 
 def targets(ms: list[Measurement], pool_size: int) -> list[Target]:
-    """The issues' targets whose scenarios ran: issue 10's and issue 12's."""
+    """The issues' targets whose scenarios ran: issue 10's, issue 12's and issue 20's."""
     present = {m.scenario for m in ms}
     found = []
     if {"http-reads", "writes", "bulk", "isolation"} <= present:
         found += speed_targets(ms, pool_size)
     if "stats" in present:
         found += read_model_targets(ms)
+    if "write-floor" in present:
+        found += write_floor_targets(ms)
+    return found
+
+
+def write_floor_targets(ms: list[Measurement]) -> list[Target]:
+    """Issue 20's: the service's place order and pay, each at least half the write floor's rate."""
+    found = []
+    for command, case in (
+        ("place order", "POST /v1/orders · 8 clients"),
+        ("pay", "POST /v1/orders/{id}/pay · 8 clients"),
+    ):
+        service = find(ms, "write-floor", case, "service").rate
+        found.append(
+            ratio_target(f"{command}: service ÷ write floor", 0.5, service, find(ms, "write-floor", case, "floor").rate)
+        )
     return found
 
 
@@ -242,7 +258,7 @@ def write(
         "",
     ]
     if not smoke:
-        lines += ["## Targets (issues 10 and 12)", "", "| target | wanted | measured | |", "|---|---|---|---|"]
+        lines += ["## Targets (issues 10, 12 and 20)", "", "| target | wanted | measured | |", "|---|---|---|---|"]
         lines += [
             f"| {t.name} | {t.wanted} | {t.measured} | {'met' if t.met else '**missed**'} |"
             for t in targets(measurements, pool_size)

@@ -1,5 +1,5 @@
 -- wrk script for orders-api bench: GET BENCH_PATH with "{id}" replaced by a random id in
--- 1..BENCH_MAX_ID on every request, and one machine-readable summary line at the end.
+-- 1..BENCH_MAX_ID on every request, and one machine-readable summary line at the end (wrk_summary.lua).
 local path = os.getenv("BENCH_PATH")
 local max_id = tonumber(os.getenv("BENCH_MAX_ID"))
 local headers = {}
@@ -22,11 +22,4 @@ function request()
   return wrk.format("GET", target, headers)
 end
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, ' ..
-    '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout))
-end
+dofile(os.getenv("BENCH_SUMMARY"))

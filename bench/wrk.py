@@ -1,17 +1,22 @@
-"""Read load from wrk (the Debian package): random ids on every request, closed loop."""
+"""Load from wrk (the Debian package), closed loop: reads of random ids, and the commands that the
+write floor is measured by (place order, pay)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.core import Measurement
 
 SCRIPT = Path(__file__).with_name("wrk.lua")
+COMMANDS_SCRIPT = Path(__file__).with_name("wrk_commands.lua")
+SUMMARY_SCRIPT = Path(__file__).with_name("wrk_summary.lua")
 THREADS = 2
 CONNECTIONS = 64
 
@@ -34,9 +39,45 @@ def require_wrk() -> str:
 
 def wrk(url: str, path: str, max_id: int, seconds: float, connections: int = CONNECTIONS, token: str = "") -> WrkResult:
     """``connections`` clients GET ``url + path`` (``{id}`` → random 1..max_id) for ``seconds``."""
+    env = {"BENCH_PATH": path, "BENCH_MAX_ID": str(max_id), "BENCH_TOKEN": token}
+    return run_wrk(SCRIPT, url, seconds, connections, env)
+
+
+@dataclass(frozen=True)
+class CommandLoad:
+    """What ``wrk_commands.lua`` sends: orders to place, or the orders listed in a file to pay."""
+
+    command: str  # "place" or "pay"
+    token: str
+    keyed: bool  # a new Idempotency-Key with every request
+    customers: int = 1  # place: random customers 1..customers and products 1..products
+    products: int = 1
+    ids: Path | None = None  # pay: the file of order ids, one a line, each paid once
+
+    def environment(self, threads: int) -> dict[str, str]:
+        return {
+            "BENCH_COMMAND": self.command,
+            "BENCH_TOKEN": self.token,
+            "BENCH_KEYED": "1" if self.keyed else "0",
+            # Every run its own keys and its own draw of customers and products.
+            "BENCH_RUN": uuid.uuid4().hex,
+            "BENCH_SEED": str(random.randrange(2**31)),
+            "BENCH_CUSTOMERS": str(self.customers),
+            "BENCH_PRODUCTS": str(self.products),
+            "BENCH_IDS": str(self.ids or ""),
+            "BENCH_THREADS": str(threads),
+        }
+
+
+def wrk_commands(url: str, load: CommandLoad, seconds: float, connections: int) -> WrkResult:
+    """``connections`` clients send ``load``'s command for ``seconds``; answers >= 400 are errors."""
+    return run_wrk(COMMANDS_SCRIPT, url, seconds, connections, load.environment(min(THREADS, connections)))
+
+
+def run_wrk(script: Path, url: str, seconds: float, connections: int, settings: dict[str, str]) -> WrkResult:
     command = [require_wrk(), "-t", str(min(THREADS, connections)), "-c", str(connections),
-               "-d", f"{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(SCRIPT), url]  # fmt: skip
-    env = {**os.environ, "BENCH_PATH": path, "BENCH_MAX_ID": str(max_id), "BENCH_TOKEN": token}
+               "-d", f"{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script), url]  # fmt: skip
+    env = {**os.environ, "BENCH_SUMMARY": str(SUMMARY_SCRIPT), **settings}
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 30, check=True)
     line = next((line for line in finished.stdout.splitlines() if line.startswith("BENCH ")), None)
     if line is None:

@@ -7,6 +7,9 @@ The pool keeps asyncpg's defaults, so unlike the service's read pool it sends th
 
 Timestamps come out as PostgreSQL writes them (``2024-05-01T12:00:00.5+00:00``): the same instants
 as the service's ``...Z``, in another spelling.
+
+The same process serves the write floor (``bench.contenders.write_floor``) on a pool of its own, as
+the service keeps a write pool beside its read pool.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bench.contenders.write_floor import WriteFloor
 from reads.queries.orders import ORDER_BY_ID, order_page_sql
 from reads.queries.products import PRODUCT_BY_ID
 
@@ -38,14 +42,14 @@ def json_response(text: str, status_code: int = 200) -> Response:
 
 
 class Floor:
-    """The pool, opened in the lifespan, and the three endpoints that use it."""
+    """The read pool and the three endpoints that use it."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.pool: Any = None
 
     @asynccontextmanager
-    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+    async def opened(self) -> AsyncIterator[None]:
         # asyncpg takes the libpq URL as it is, ``?host=/socket/dir`` included.
         self.pool = await asyncpg.create_pool(self.dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
         try:
@@ -80,10 +84,18 @@ class Floor:
 
 
 def create_app() -> Starlette:
-    floor = Floor(os.environ["DATABASE_URL"])
+    dsn = os.environ["DATABASE_URL"]
+    floor, writes = Floor(dsn), WriteFloor(dsn)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with floor.opened(), writes.opened():
+            yield
+
     routes = [
         Route("/v1/orders/{id:int}", floor.order, methods=["GET"]),
         Route("/v1/products/{id:int}", floor.product, methods=["GET"]),
         Route("/v1/orders", floor.order_page, methods=["GET"]),
+        *writes.routes(),
     ]
-    return Starlette(routes=routes, lifespan=floor.lifespan)
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -27,9 +27,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime
-from functools import partial
+from collections.abc import Awaitable, Callable, Iterator
 from unittest import mock
 
 import asyncpg
@@ -39,18 +37,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench.core import Context, Measurement, quantile_ms
-from bench.database import add_orders
+from bench.database import add_orders, demo_ids, opened, pending_orders_of_today
 from bench.servers import serve_service
 from bench.wrk import pooled, wrk
 from reads.queries.customers import CUSTOMER_DETAIL
 from reads.queries.stats import DAILY_REVENUE, RANKING, TOP_PRODUCTS
 from shared.config import Settings
-from shared.dto import ImportedLine, ImportedOrder, OrderLine, PlaceOrder
+from shared.dto import OrderLine, PlaceOrder
 from testkit import oracle
 from testkit.database import connected
 from writes import readmodels
-from writes.db import WritePool
-from writes.handlers import OrderImport, import_orders, pay_order, place_order
+from writes.handlers import pay_order, place_order
 
 SCENARIO = "stats"
 # A dashboard's few concurrent requests (the targets are read here), and one alone: its latency
@@ -69,7 +66,9 @@ QUESTIONS = (
 )
 CONCURRENCY = 5
 DEFAULT_STRIPES: int = next(f.default for f in msgspec.structs.fields(Settings) if f.name == "read_model_stripes")
-PAYABLE = 30_000  # pending orders of today imported for the pay runs
+# Pending orders of today imported for the pay runs (3 a round: with and without the read models, and
+# in one stripe): more than a run pays at this many a second.
+PAYS_PER_SECOND = 2_000
 
 
 def run(ctx: Context) -> list[Measurement]:
@@ -213,7 +212,8 @@ def latencies(case: str, contender: str, seconds: list[float], wall: float | Non
 
 async def command_costs(ctx: Context) -> list[Measurement]:
     customers, products = await demo_ids(ctx.database_url)
-    payable = await pending_orders_of_today(ctx.database_url, customers, products, min(PAYABLE, ctx.sizes.orders))
+    count = round(PAYS_PER_SECOND * ctx.sizes.seconds) * 3 * ctx.sizes.rounds
+    payable = await pending_orders_of_today(ctx.database_url, customers, products, count)
     rng = random.Random(7)
 
     def place(session: AsyncSession) -> Awaitable[object]:
@@ -222,7 +222,7 @@ async def command_costs(ctx: Context) -> list[Measurement]:
 
     def pay(session: AsyncSession) -> Awaitable[object]:
         if not payable:
-            raise RuntimeError("the pay runs used up the pending orders: raise stats.PAYABLE")
+            raise RuntimeError("the pay runs used up the pending orders: raise stats.PAYS_PER_SECOND")
         return pay_order(payable.pop(), None, session)
 
     # The runs that skip the recording leave the read models short of their orders and pays: the
@@ -313,46 +313,6 @@ async def hot_row(url: str, stripes: int, seconds: float) -> list[float]:
     finally:
         await pool.close()
     return took
-
-
-@contextlib.asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[WritePool]:
-    pool = await WritePool.open(settings)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-async def demo_ids(url: str) -> tuple[list[int], list[int]]:
-    async with connected(url) as connection:
-        customers = [row[0] for row in await connection.fetch("SELECT id FROM customers ORDER BY id LIMIT 1000")]
-        products = [row[0] for row in await connection.fetch("SELECT id FROM products WHERE stock > 1000")]
-    return customers, products
-
-
-async def pending_orders_of_today(url: str, customers: list[int], products: list[int], count: int) -> list[int]:
-    """``count`` pending orders placed now, through the import command; their ids, in random order."""
-    rng = random.Random(11)
-    now = datetime.now(UTC)
-    orders = [
-        ImportedOrder(
-            customer_id=rng.choice(customers),
-            status="pending",
-            created_at=now,
-            items=[ImportedLine(product_id=p, quantity=1, unit_price_cents=500) for p in rng.sample(products, k=2)],
-        )
-        for _ in range(count)
-    ]
-    async with opened(Settings(database_url=url)) as pool:
-        await pool.run(partial(import_orders, OrderImport(orders, list(range(1, count + 1)))))
-    async with connected(url) as connection:
-        ids = [
-            row[0]
-            for row in await connection.fetch("SELECT id FROM orders WHERE status = 'pending' AND created_at = $1", now)
-        ]
-    rng.shuffle(ids)
-    return ids
 
 
 async def order_count(url: str) -> int:
