@@ -42,7 +42,7 @@ REGISTRY = CollectorRegistry()
 
 # Across workers every pool gauge is summed over the live processes ("summed across workers",
 # the contract): connections open, held and queued add up, and so do the ceilings, since each worker has
-# its own pool. A worker that died leaves the sum (``_forget_dead_workers``).
+# its own pool. A worker that died leaves the sum (``service.metrics``).
 POOL_SIZE = Gauge(
     "db_pool_size", "Connections the pool has open", ["pool"], registry=REGISTRY, multiprocess_mode="livesum"
 )
