@@ -87,9 +87,7 @@ async def cancel_order(order_id: int, if_match: IfMatch, session: AsyncSession) 
     was = await change_status(session, order_id, if_match, CANCEL)
     order = await load_order(session, order_id)
     if order.took_stock:  # an imported order never took any: returning it would mint stock
-        returned = {item.product_id: item.quantity for item in order.items}
-        await lock_products(session, returned)
-        await move_stock(session, returned)
+        await move_stock(session, {item.product_id: item.quantity for item in order.items})
     if was == "paid":
         await readmodels.record(session, readmodels.REFUNDED, [order_id])
     return order_view(order)
@@ -108,7 +106,7 @@ def requested_quantities(items: Sequence[Line]) -> dict[int, int]:
 
 
 class Taken(NamedTuple):
-    """What an order needs of a product whose stock it took: the row as the UPDATE left it."""
+    """A product whose stock a command moved, as the UPDATE left it: what an order's view needs of it."""
 
     id: int
     sku: str
@@ -116,29 +114,35 @@ class Taken(NamedTuple):
     price_cents: int
 
 
-# Takes every wanted quantity, in one round trip: the products are locked in id order first (the
-# MATERIALIZED CTE runs whole before the UPDATE), so two orders sharing products queue behind each
-# other instead of deadlocking, and each row's stock is checked by the conditional UPDATE itself,
-# which re-reads a row changed since the statement began. A product short of stock, or unknown,
-# matches no row; then ``explain_shortage`` names it and the command rolls back.
-TAKE_STOCK = text("""
+# Moves stock by a delta per product in one round trip, taken (< 0) or returned (> 0): the products
+# are locked in id order first (the MATERIALIZED CTE runs whole before the UPDATE), so two commands
+# sharing products queue behind each other instead of deadlocking, and the conditional UPDATE
+# itself, which re-reads a row changed since the statement began, never takes a stock below zero.
+# FOR NO KEY UPDATE: the key is not changed, so foreign-key checks and an import's FOR KEY SHARE on
+# the same rows go on. A product that is short, or unknown, matches no row and is not returned.
+MOVE_STOCK = text("""
     WITH locked AS MATERIALIZED (
         SELECT id FROM products WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE
     )
     UPDATE products AS p
-       SET stock = p.stock - w.quantity, version = p.version + 1, updated_at = now()
-      FROM locked JOIN unnest(:ids, :quantities) AS w (id, quantity) ON w.id = locked.id
-     WHERE p.id = w.id AND p.stock >= w.quantity
+       SET stock = p.stock + d.delta, version = p.version + 1, updated_at = now()
+      FROM locked JOIN unnest(:ids, :deltas) AS d (id, delta) ON d.id = locked.id
+     WHERE p.id = d.id AND p.stock + d.delta >= 0
     RETURNING p.id, p.sku, p.name, p.price_cents
-""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)), bindparam("quantities", type_=ARRAY(BigInteger)))
+""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)), bindparam("deltas", type_=ARRAY(BigInteger)))
 STOCKS = select(Product.id, Product.stock).where(Product.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+
+
+async def moved_stock(session: AsyncSession, deltas: dict[int, int]) -> dict[int, Taken]:
+    """Add each delta to its product's stock (``MOVE_STOCK``); the products it moved, by id."""
+    result = await session.execute(MOVE_STOCK, {"ids": list(deltas), "deltas": list(deltas.values())})
+    return {row.id: Taken(*row) for row in result}
 
 
 async def take_stock(session: AsyncSession, wanted: dict[int, int]) -> dict[int, Taken]:
     """Take ``wanted`` units of each product, or nothing at all: 404 for unknown products, 409
     naming every product that is short. The rows stay locked until the order commits."""
-    result = await session.execute(TAKE_STOCK, {"ids": list(wanted), "quantities": list(wanted.values())})
-    taken = {row.id: Taken(*row) for row in result}
+    taken = await moved_stock(session, {product_id: -quantity for product_id, quantity in wanted.items()})
     if len(taken) < len(wanted):
         await explain_shortage(session, wanted, taken.keys())
     return taken
@@ -158,50 +162,19 @@ async def explain_shortage(session: AsyncSession, wanted: dict[int, int], taken:
     )
 
 
-# The statements below are built once, with bound parameters: SQLAlchemy then computes each one's
-# cache key once, where a statement built per call paid for its construction and its cache key on
-# every command (about a tenth of a command's CPU, measured).
-
-# Every transaction that touches stock locks its products in id order, so two orders sharing
-# products queue behind each other instead of deadlocking. FOR NO KEY UPDATE (key_share): the key
-# is not changed, so foreign-key checks and an import's FOR KEY SHARE on the same rows go on.
-LOCK_PRODUCTS = (
-    select(Product)
-    .where(Product.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
-    .order_by(Product.id)
-    .with_for_update(key_share=True)
-)
-
-
-async def lock_products(session: AsyncSession, product_ids: Collection[int]) -> dict[int, Product]:
-    return {product.id: product for product in await session.scalars(LOCK_PRODUCTS, {"ids": list(product_ids)})}
-
-
-_DELTAS = (
-    func.unnest(bindparam("ids", type_=ARRAY(BigInteger)), bindparam("deltas", type_=ARRAY(BigInteger)))
-    .table_valued("id", "delta")
-    .render_derived(name="deltas")
-)
-MOVE_STOCK = (
-    update(Product)
-    .where(Product.id == _DELTAS.c.id, Product.stock + _DELTAS.c.delta >= 0)
-    .values(stock=Product.stock + _DELTAS.c.delta, version=Product.version + 1, updated_at=func.now())
-    .returning(Product.id)
-    .execution_options(synchronize_session=False)
-)
-
-
 async def move_stock(session: AsyncSession, deltas: dict[int, int]) -> None:
-    """Add each delta to its product's stock in one conditional statement: a row whose stock the
-    delta would take below zero is left alone, and then nothing of the order is kept (409).
-
-    The rows are already locked and checked, so the condition never refuses here; it is what keeps
-    the invariant true at the statement itself, whatever the code before it does."""
-    moved = set(await session.scalars(MOVE_STOCK, {"ids": list(deltas), "deltas": list(deltas.values())}))
+    """Add each delta to its product's stock, or nothing at all (409): a cancel returning what its
+    order took. The statement's condition never refuses here, since the stock was taken before; it
+    is what keeps the invariant true at the statement itself, whatever the code before it does."""
+    moved = await moved_stock(session, deltas)
     if len(moved) != len(deltas):
-        short = ", ".join(f"product {product_id}" for product_id in sorted(set(deltas) - moved))
+        short = ", ".join(f"product {product_id}" for product_id in sorted(deltas.keys() - moved.keys()))
         raise InsufficientStock(f"{short}: not enough in stock")
 
+
+# The statements here are built once, with bound parameters: SQLAlchemy then computes each one's
+# cache key once, where a statement built per call paid for its construction and its cache key on
+# every command (both showed in the profile).
 
 # The row as this UPDATE changes it, locked first: a pay committed meanwhile is the status read here
 # (after waiting for it), where RETURNING a subquery would see the statement's older snapshot. FOR
