@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from service.app import create_app
@@ -37,8 +37,10 @@ BLOCK = 256  # the longest block of days (shared.salesblocks)
 
 @pytest.fixture
 def one_stripe(settings: Settings) -> Settings:
-    """Every sale of a day on one row of sales_daily: the hot row at its fullest."""
-    return msgspec.structs.replace(settings, read_model_stripes=1)
+    """Every sale of a day on one row of sales_daily: the hot row at its fullest. An import of 100 000
+    items may take seconds while the suite's standby replays them: these tests are about sums, so
+    no statement timeout cuts them short."""
+    return msgspec.structs.replace(settings, read_model_stripes=1, write_statement_timeout_ms=0)
 
 
 @pytest.fixture
@@ -155,6 +157,9 @@ extreme_step = st.one_of(
 
 @settings(
     max_examples=6,
+    # No shrinking: an example imports up to 100 000 items, so shrinking a failure would take many
+    # minutes; Hypothesis still prints the failing example.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
