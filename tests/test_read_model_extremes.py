@@ -24,7 +24,7 @@ from shared.config import Settings
 from tests.conftest import TABLES
 from tests.reads.factories import Shop
 from tests.support import AUTH, running_client
-from tests.test_read_models import assert_agreement, import_orders
+from tests.test_read_models import assert_agreement, import_new_orders, import_orders, move_one
 from tests.writes.support import line, rfc3339
 
 BIGINT_MAX = 2**63 - 1
@@ -187,13 +187,12 @@ async def test_any_sequence_of_the_largest_orders_succeeds_and_leaves_every_sum_
             orders.append((await shop.order(customers[args[0]], [(p, MAX_QUANTITY) for p in products]))["id"])
         elif verb == "import":
             customer, copies, status, day = args
-            last = await db.fetchval("SELECT coalesce(max(id), 0) FROM orders")
-            await import_orders(client, largest_orders(customers[customer], products, copies, days[day], status))
-            orders += await db.fetchval("SELECT array_agg(id ORDER BY id) FROM orders WHERE id > $1", last)
+            orders += await import_new_orders(
+                client, db, largest_orders(customers[customer], products, copies, days[day], status)
+            )
         elif verb == "reprice":
             for product in products[:10]:
                 await shop.reprice(product, args[0])
-        elif orders:  # a 409 is a fine outcome (not pending, not paid); any other status is not
-            response = await client.post(f"/v1/orders/{orders[args[0] % len(orders)]}/{verb}", headers=AUTH)
-            assert response.status_code in (200, 409), response.text
+        else:
+            await move_one(client, orders, verb, args[0])
     await assert_agreement(client, db, customers)

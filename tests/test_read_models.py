@@ -61,6 +61,24 @@ async def import_orders(client: httpx.AsyncClient, orders: list[dict[str, Any]])
     assert response.status_code == 200, response.text
 
 
+async def import_new_orders(
+    client: httpx.AsyncClient, db: asyncpg.Connection, orders: list[dict[str, Any]]
+) -> list[int]:
+    """Import ``orders``; the ids they were given, in line order."""
+    last = await db.fetchval("SELECT coalesce(max(id), 0) FROM orders")
+    await import_orders(client, orders)
+    ids: list[int] = await db.fetchval("SELECT array_agg(id ORDER BY id) FROM orders WHERE id > $1", last)
+    return ids
+
+
+async def move_one(client: httpx.AsyncClient, orders: list[int], verb: str, pick: int) -> None:
+    """``verb`` (pay, ship or cancel) the order ``pick`` chooses, if there is one: 200, or a 409 when
+    its status does not allow it; any other status fails."""
+    if orders:
+        response = await client.post(f"/v1/orders/{orders[pick % len(orders)]}/{verb}", headers=AUTH)
+        assert response.status_code in (200, 409), response.text
+
+
 # --- each command --------------------------------------------------------------------------------
 
 
@@ -195,14 +213,13 @@ async def test_any_sequence_of_commands_leaves_the_read_models_equal_to_the_reco
             order = await shop.order(customers[customer], [(products[p], quantity) for p, quantity in wanted])
             orders.append(order["id"])
         elif verb == "import":
-            last = await db.fetchval("SELECT coalesce(max(id), 0) FROM orders")
-            await import_orders(client, [imported(spec, customers, products, today) for spec in args[0]])
-            orders += await db.fetchval("SELECT array_agg(id ORDER BY id) FROM orders WHERE id > $1", last)
+            orders += await import_new_orders(
+                client, db, [imported(spec, customers, products, today) for spec in args[0]]
+            )
         elif verb == "reprice":
             await shop.reprice(products[args[0]], args[1])
-        elif orders:  # pay, ship or cancel one of this example's orders; a 409 is a fine outcome
-            response = await client.post(f"/v1/orders/{orders[args[0] % len(orders)]}/{verb}", headers=AUTH)
-            assert response.status_code in (200, 409), response.text
+        else:
+            await move_one(client, orders, verb, args[0])
     await assert_agreement(client, db, customers)
 
 
