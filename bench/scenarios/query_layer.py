@@ -40,7 +40,7 @@ from reads.db import ReadPool
 from reads.params import OrderListing
 from reads.queries import orders, products
 from shared.config import Settings, sqlalchemy_url
-from shared.dto import OrderStatus, OrderSummary, OrderView, Page, ProductView
+from shared.dto import OrderCustomer, OrderStatus, OrderSummary, OrderView, Page, ProductView
 from writes.handlers.orders import order_view
 from writes.handlers.products import product_view
 from writes.models import Order, OrderItem, Product
@@ -127,7 +127,7 @@ def async_orm(engine: AsyncEngine) -> Contender:
     async def order(order_id: int) -> OrderView | None:
         async with sessions() as session:
             found = await session.get(Order, order_id, options=order_loading())
-            return None if found is None else order_view(found)
+            return None if found is None else loaded_order_view(found)
 
     async def product(product_id: int) -> ProductView | None:
         async with sessions() as session:
@@ -147,7 +147,7 @@ def sync_orm(engine: Engine) -> Contender:
 
     def order(session: Session, order_id: int) -> OrderView | None:
         found = session.get(Order, order_id, options=order_loading())
-        return None if found is None else order_view(found)
+        return None if found is None else loaded_order_view(found)
 
     def product(session: Session, product_id: int) -> ProductView | None:
         found = session.get(Product, product_id)
@@ -170,6 +170,12 @@ def sync_orm(engine: Engine) -> Contender:
 def order_loading() -> list[ORMOption]:
     # The models' relationships raise rather than lazy-load: everything the view needs comes up front.
     return [selectinload(Order.customer), selectinload(Order.items).selectinload(OrderItem.product)]
+
+
+def loaded_order_view(order: Order) -> OrderView:
+    """The service's order view of an order loaded with ``order_loading``."""
+    customer = OrderCustomer(id=order.customer.id, email=order.customer.email, name=order.customer.name)
+    return order_view(order, customer, {item.product_id: item.product for item in order.items})
 
 
 def page_statement(customer_id: int) -> Select[Order]:

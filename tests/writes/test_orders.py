@@ -26,7 +26,7 @@ from tests.writes.support import (
     rfc3339,
 )
 from writes.db import WritePool
-from writes.handlers.orders import move_stock
+from writes.handlers.orders import return_stock
 
 
 async def stocks(db: asyncpg.Connection) -> dict[int, int]:
@@ -296,7 +296,7 @@ async def test_the_stock_update_itself_refuses_to_go_below_zero(
     pool = await WritePool.open(settings)
     try:
         with pytest.raises(InsufficientStock, match=f"product {mug}"):
-            await pool.run(partial(move_stock, deltas={mug: -4, tea: -1}))
+            await pool.run(partial(return_stock, deltas={mug: -4, tea: -1}))
     finally:
         await pool.close()
     assert await stocks(db) == {mug: 3, tea: 9}

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import NamedTuple, NoReturn, Protocol, cast
+from typing import Any, NamedTuple, NoReturn, Protocol, cast
 
-from sqlalchemy import BigInteger, Boolean, Integer, String, any_, bindparam, func, or_, select, text, update
+from sqlalchemy import BigInteger, Boolean, Integer, Row, String, any_, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
 
 from shared.dto import OrderCustomer, OrderItemView, OrderStatus, OrderView, PlaceOrder
 from shared.errors import InsufficientStock, InvalidInput, InvalidTransition, NotFound, VersionMismatch
 from writes import readmodels
-from writes.models import Customer, Order, OrderItem, Product
+from writes.models import Customer, Order, OrderItem, Product, Timestamp
 
 
 class Line(Protocol):
@@ -43,21 +42,20 @@ CANCEL = Transition("cancel", ("pending", "paid"), "cancelled")
 
 async def place_order(command: PlaceOrder, session: AsyncSession) -> OrderView:
     wanted = requested_quantities(command.items)
-    customer = await session.get(Customer, command.customer_id)
-    if customer is None:
-        raise NotFound(f"customer {command.customer_id} not found")
-    products = await take_stock(session, wanted)
+    taken = await take_stock(session, command.customer_id, wanted)
     items = [
         OrderItem(
             line_no=n,
             product_id=line.product_id,
             quantity=line.quantity,
-            unit_price_cents=products[line.product_id].price_cents,
+            unit_price_cents=taken.products[line.product_id].price_cents,
         )
         for n, line in enumerate(command.items, start=1)
     ]
+    # The customer is set by id: the session holds only what this command adds, so the flush has
+    # no loaded customer to cascade through (TAKE_STOCK read the columns the view needs of it).
     order = Order(
-        customer=customer,
+        customer_id=command.customer_id,
         status="pending",
         item_count=sum(item.quantity for item in items),
         total_cents=sum(item.quantity * item.unit_price_cents for item in items),
@@ -67,30 +65,27 @@ async def place_order(command: PlaceOrder, session: AsyncSession) -> OrderView:
     # The INSERT returns id, version and both timestamps: the view shows what the row holds.
     await session.flush()
     await readmodels.record_placed(session, command.customer_id)
-    return order_view(order, products)
+    return order_view(order, taken.customer, taken.products)
 
 
 async def pay_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
-    await change_status(session, order_id, if_match, PAY)
-    order = await load_order(session, order_id)
+    changed = await change_status(session, order_id, if_match, PAY)
     await readmodels.record(session, readmodels.PAID, [order_id])
-    return order_view(order)
+    return changed.view
 
 
 async def ship_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
     # Paid and shipped orders count alike in every read model: shipping changes none of them.
-    await change_status(session, order_id, if_match, SHIP)
-    return order_view(await load_order(session, order_id))
+    return (await change_status(session, order_id, if_match, SHIP)).view
 
 
 async def cancel_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
-    was = await change_status(session, order_id, if_match, CANCEL)
-    order = await load_order(session, order_id)
-    if order.took_stock:  # an imported order never took any: returning it would mint stock
-        await move_stock(session, {item.product_id: item.quantity for item in order.items})
-    if was == "paid":
+    changed = await change_status(session, order_id, if_match, CANCEL)
+    if changed.took_stock:  # an imported order never took any: returning it would mint stock
+        await return_stock(session, {item.product_id: item.quantity for item in changed.view.items})
+    if changed.was == "paid":
         await readmodels.record(session, readmodels.REFUNDED, [order_id])
-    return order_view(order)
+    return changed.view
 
 
 def requested_quantities(items: Sequence[Line]) -> dict[int, int]:
@@ -105,7 +100,7 @@ def requested_quantities(items: Sequence[Line]) -> dict[int, int]:
     return wanted
 
 
-class Taken(NamedTuple):
+class Described(NamedTuple):
     """A product whose stock a command moved, as the UPDATE left it: what an order's view needs of it."""
 
     id: int
@@ -114,41 +109,65 @@ class Taken(NamedTuple):
     price_cents: int
 
 
+class Taken(NamedTuple):
+    """What placing an order read while taking its stock: the customer and the products, by id."""
+
+    customer: OrderCustomer
+    products: dict[int, Described]
+
+
 # Moves stock by a delta per product in one round trip, taken (< 0) or returned (> 0): the products
 # are locked in id order first (the MATERIALIZED CTE runs whole before the UPDATE), so two commands
 # sharing products queue behind each other instead of deadlocking, and the conditional UPDATE
 # itself, which re-reads a row changed since the statement began, never takes a stock below zero.
 # FOR NO KEY UPDATE: the key is not changed, so foreign-key checks and an import's FOR KEY SHARE on
 # the same rows go on. A product that is short, or unknown, matches no row and is not returned.
+# Placing an order names its customer, whose columns come back on every row (the order's view shows
+# them): one round trip instead of two. An unknown customer moves nothing; a cancel names none.
 MOVE_STOCK = text("""
-    WITH locked AS MATERIALIZED (
+    WITH customer AS MATERIALIZED (
+        SELECT email, name FROM customers WHERE id = :customer_id
+    ),
+    locked AS MATERIALIZED (
         SELECT id FROM products WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE
     )
     UPDATE products AS p
        SET stock = p.stock + d.delta, version = p.version + 1, updated_at = now()
       FROM locked JOIN unnest(:ids, :deltas) AS d (id, delta) ON d.id = locked.id
-     WHERE p.id = d.id AND p.stock + d.delta >= 0
-    RETURNING p.id, p.sku, p.name, p.price_cents
-""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)), bindparam("deltas", type_=ARRAY(BigInteger)))
+           LEFT JOIN customer ON true
+     WHERE p.id = d.id AND p.stock + d.delta >= 0 AND (:customer_id IS NULL OR customer.email IS NOT NULL)
+    RETURNING p.id, p.sku, p.name, p.price_cents, customer.email AS customer_email, customer.name AS customer_name
+""").bindparams(
+    bindparam("customer_id", type_=BigInteger),
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("deltas", type_=ARRAY(BigInteger)),
+)
 STOCKS = select(Product.id, Product.stock).where(Product.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+CUSTOMER_EXISTS = select(Customer.id).where(Customer.id == bindparam("customer_id", type_=BigInteger))
 
 
-async def moved_stock(session: AsyncSession, deltas: dict[int, int]) -> dict[int, Taken]:
-    """Add each delta to its product's stock (``MOVE_STOCK``); the products it moved, by id."""
-    result = await session.execute(MOVE_STOCK, {"ids": list(deltas), "deltas": list(deltas.values())})
-    return {row.id: Taken(*row) for row in result}
+async def moved_stock(session: AsyncSession, customer_id: int | None, deltas: dict[int, int]) -> list[Row[Any]]:
+    """Add each delta to its product's stock (``MOVE_STOCK``); the rows of the products it moved."""
+    parameters = {"customer_id": customer_id, "ids": list(deltas), "deltas": list(deltas.values())}
+    return list(await session.execute(MOVE_STOCK, parameters))
 
 
-async def take_stock(session: AsyncSession, wanted: dict[int, int]) -> dict[int, Taken]:
-    """Take ``wanted`` units of each product, or nothing at all: 404 for unknown products, 409
-    naming every product that is short. The rows stay locked until the order commits."""
-    taken = await moved_stock(session, {product_id: -quantity for product_id, quantity in wanted.items()})
-    if len(taken) < len(wanted):
-        await explain_shortage(session, wanted, taken.keys())
-    return taken
+async def take_stock(session: AsyncSession, customer_id: int, wanted: dict[int, int]) -> Taken:
+    """Take ``wanted`` units of each product for an order of ``customer_id``, or nothing at all: 404
+    for an unknown customer or product, 409 naming every product that is short. The rows stay
+    locked until the order commits."""
+    rows = await moved_stock(session, customer_id, {product_id: -quantity for product_id, quantity in wanted.items()})
+    if len(rows) < len(wanted):
+        await explain_shortage(session, customer_id, wanted, {row.id for row in rows})
+    customer = OrderCustomer(id=customer_id, email=rows[0].customer_email, name=rows[0].customer_name)
+    return Taken(customer, {row.id: Described(row.id, row.sku, row.name, row.price_cents) for row in rows})
 
 
-async def explain_shortage(session: AsyncSession, wanted: dict[int, int], taken: Collection[int]) -> NoReturn:
+async def explain_shortage(
+    session: AsyncSession, customer_id: int, wanted: dict[int, int], taken: Collection[int]
+) -> NoReturn:
+    if await session.scalar(CUSTOMER_EXISTS, {"customer_id": customer_id}) is None:
+        raise NotFound(f"customer {customer_id} not found")
     stocks = {row.id: row.stock for row in await session.execute(STOCKS, {"ids": list(wanted)})}
     missing = [f"product {product_id} not found" for product_id in wanted if product_id not in stocks]
     if missing:
@@ -162,50 +181,67 @@ async def explain_shortage(session: AsyncSession, wanted: dict[int, int], taken:
     )
 
 
-async def move_stock(session: AsyncSession, deltas: dict[int, int]) -> None:
+async def return_stock(session: AsyncSession, deltas: dict[int, int]) -> None:
     """Add each delta to its product's stock, or nothing at all (409): a cancel returning what its
     order took. The statement's condition never refuses here, since the stock was taken before; it
     is what keeps the invariant true at the statement itself, whatever the code before it does."""
-    moved = await moved_stock(session, deltas)
+    moved = {row.id for row in await moved_stock(session, None, deltas)}
     if len(moved) != len(deltas):
-        short = ", ".join(f"product {product_id}" for product_id in sorted(deltas.keys() - moved.keys()))
+        short = ", ".join(f"product {product_id}" for product_id in sorted(deltas.keys() - moved))
         raise InsufficientStock(f"{short}: not enough in stock")
 
 
-# The statements here are built once, with bound parameters: SQLAlchemy then computes each one's
-# cache key once, where a statement built per call paid for its construction and its cache key on
-# every command (both showed in the profile).
-
-# The row as this UPDATE changes it, locked first: a pay committed meanwhile is the status read here
-# (after waiting for it), where RETURNING a subquery would see the statement's older snapshot. FOR
-# NO KEY UPDATE is the lock the UPDATE takes anyway. The order is reloaded after (``load_order``),
-# so the session need not learn of the change (synchronize_session=False).
-_CURRENT = (
-    select(Order.id, Order.status, Order.version)
-    .where(Order.id == bindparam("order_id", type_=BigInteger))
-    .with_for_update(key_share=True)
-    .subquery("current")
-)
+# The order as the UPDATE leaves it, with what its view shows, in one round trip. The row is locked
+# first (``current``): a pay committed meanwhile is the status read there, after waiting for it,
+# where the UPDATE's RETURNING alone could not say what the status was before. FOR NO KEY UPDATE is
+# the lock the UPDATE takes anyway. The order's lines (at most 100) repeat its columns. Nothing goes
+# through the session's identity map: the view is built from the rows (``changed_view``).
 CHANGE_STATUS = (
-    update(Order)
-    .where(
-        Order.id == _CURRENT.c.id,
-        _CURRENT.c.status == any_(bindparam("sources", type_=ARRAY(String))),
-        or_(
-            bindparam("any_version", type_=Boolean),
-            _CURRENT.c.version == any_(bindparam("versions", type_=ARRAY(Integer))),
-        ),
+    text("""
+    WITH current AS MATERIALIZED (
+        SELECT id, status, version FROM orders WHERE id = :order_id FOR NO KEY UPDATE
+    ),
+    changed AS (
+        UPDATE orders AS o
+           SET status = :target, version = o.version + 1, updated_at = now()
+          FROM current
+         WHERE o.id = current.id AND current.status = ANY(:sources)
+           AND (:any_version OR current.version = ANY(:versions))
+        RETURNING o.id, o.customer_id, o.status, o.item_count, o.total_cents, o.took_stock, o.version,
+                  o.created_at, o.updated_at, current.status AS was
     )
-    .values(status=bindparam("target", type_=String), version=Order.version + 1, updated_at=func.now())
-    .returning(_CURRENT.c.status)
-    .execution_options(synchronize_session=False)
+    SELECT o.id, o.status, o.item_count, o.total_cents, o.took_stock, o.version, o.created_at, o.updated_at,
+           o.was, c.id AS customer_id, c.email, c.name AS customer_name,
+           i.product_id, i.quantity, i.unit_price_cents, p.sku, p.name AS product_name
+      FROM changed o
+      JOIN customers c ON c.id = o.customer_id
+      JOIN order_items i ON i.order_id = o.id
+      JOIN products p ON p.id = i.product_id
+     ORDER BY i.line_no
+""")
+    .bindparams(
+        bindparam("order_id", type_=BigInteger),
+        bindparam("target", type_=String),
+        bindparam("sources", type_=ARRAY(String)),
+        bindparam("any_version", type_=Boolean),
+        bindparam("versions", type_=ARRAY(Integer)),
+    )
+    .columns(created_at=Timestamp, updated_at=Timestamp)
 )
 
 
-async def change_status(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> OrderStatus:
+class Changed(NamedTuple):
+    """An order after a status change: its view, the status it had, and whether it took stock."""
+
+    view: OrderView
+    was: OrderStatus
+    took_stock: bool
+
+
+async def change_status(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> Changed:
     """Compare-and-set in one UPDATE: the status (and the version, with If-Match) must still be
-    what the rule allows; when no row matched, ``explain_refusal`` says why. Returns the status
-    the order had: a cancel takes a sale back out of the read models only if it was paid."""
+    what the rule allows; when no row matched, ``explain_refusal`` says why. The status the order
+    had comes back too: a cancel takes a sale back out of the read models only if it was paid."""
     parameters = {
         "order_id": order_id,
         "sources": list(rule.sources),
@@ -213,10 +249,12 @@ async def change_status(session: AsyncSession, order_id: int, if_match: IfMatch,
         "versions": [] if if_match is None else list(if_match),
         "target": rule.target,
     }
-    was = await session.scalar(CHANGE_STATUS, parameters)
-    if was is None:
+    rows = (await session.execute(CHANGE_STATUS, parameters)).all()
+    if not rows:
         await explain_refusal(session, order_id, if_match, rule)
-    return cast(OrderStatus, was)  # one of rule.sources: the UPDATE matched only those
+    first = rows[0]
+    # Both statuses are the column's (its CHECK keeps them known); ``was`` is one of rule.sources.
+    return Changed(changed_view(rows), cast(OrderStatus, first.was), first.took_stock)
 
 
 async def explain_refusal(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> NoReturn:
@@ -231,33 +269,44 @@ async def explain_refusal(session: AsyncSession, order_id: int, if_match: IfMatc
     raise InvalidTransition(f"order {order_id} is {row.status}; {rule.verb} needs {' or '.join(rule.sources)}")
 
 
-# One round trip: the order with its customer, items and their products joined (an order has at
-# most 100 items, so the rows repeat the order's columns at most 100 times).
-LOAD_ORDER = (
-    select(Order)
-    .where(Order.id == bindparam("order_id", type_=BigInteger))
-    .options(joinedload(Order.customer), joinedload(Order.items).joinedload(OrderItem.product))
-    .execution_options(populate_existing=True)
-)
+def changed_view(rows: Sequence[Row[Any]]) -> OrderView:
+    """The view of an order from ``CHANGE_STATUS``'s rows, one per line."""
+    first = rows[0]
+    return OrderView(
+        id=first.id,
+        customer=OrderCustomer(id=first.customer_id, email=first.email, name=first.customer_name),
+        status=cast(OrderStatus, first.status),
+        items=[
+            OrderItemView(
+                product_id=row.product_id,
+                sku=row.sku,
+                name=row.product_name,
+                quantity=row.quantity,
+                unit_price_cents=row.unit_price_cents,
+                line_total_cents=row.quantity * row.unit_price_cents,
+            )
+            for row in rows
+        ],
+        item_count=first.item_count,
+        total_cents=first.total_cents,
+        version=first.version,
+        created_at=first.created_at,
+        updated_at=first.updated_at,
+    )
 
 
-async def load_order(session: AsyncSession, order_id: int) -> Order:
-    return (await session.scalars(LOAD_ORDER, {"order_id": order_id})).unique().one()
-
-
-def order_view(order: Order, products: Mapping[int, Taken] | None = None) -> OrderView:
-    """The view of ``order``, whose items' products are loaded, or given as ``products`` by id (a
-    placed order's: the stock it took returned them)."""
-    described = products if products is not None else {item.product_id: item.product for item in order.items}
+def order_view(order: Order, customer: OrderCustomer, products: Mapping[int, Described | Product]) -> OrderView:
+    """The view of ``order`` (its items loaded or just flushed), of ``customer``, whose lines name
+    ``products`` by id."""
     return OrderView(
         id=order.id,
-        customer=OrderCustomer(id=order.customer.id, email=order.customer.email, name=order.customer.name),
+        customer=customer,
         status=cast(OrderStatus, order.status),  # the column's CHECK keeps it one
         items=[
             OrderItemView(
                 product_id=item.product_id,
-                sku=described[item.product_id].sku,
-                name=described[item.product_id].name,
+                sku=products[item.product_id].sku,
+                name=products[item.product_id].name,
                 quantity=item.quantity,
                 unit_price_cents=item.unit_price_cents,
                 line_total_cents=item.quantity * item.unit_price_cents,
