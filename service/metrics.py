@@ -5,6 +5,10 @@ With ``serve --workers N`` each worker is a process with its own numbers, and a 
 one of them. prometheus-client's multiprocess mode makes every scrape answer for all of them: each
 worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` sums the files.
 ``serve`` sets it to a fresh directory before the workers start (``multiprocess_directory``).
+
+The process series (memory, CPU, open file descriptors) are read at the scrape, for every worker and
+labelled by its pid (``ProcessesByPid``): they describe what a process is now, not what it counted,
+so they have no place in the files.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -135,26 +141,65 @@ async def metrics(request: Request) -> Response:
     return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
+class ProcessesByPid:
+    """prometheus-client's process series (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
+    ``process_open_fds``...) for each of ``pids``, labelled ``pid``. Its ``ProcessCollector`` reads
+    them from /proc for one process, unlabelled, and its multiprocess mode leaves them out: a worker
+    answering a scrape would report itself alone. So each scrape reads every worker's, through it."""
+
+    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+        self.pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for pid in sorted(self.pids()):
+            # Nothing for a process that exited meanwhile: ProcessCollector skips what it cannot read.
+            for found in _process_series(pid):
+                family = families.get(found.name)
+                if family is None:
+                    kind = CounterMetricFamily if found.type == "counter" else GaugeMetricFamily
+                    family = families[found.name] = kind(found.name, found.documentation, labels=["pid"])
+                for sample in found.samples:  # one each, unlabelled
+                    family.add_metric([str(pid)], sample.value)
+        yield from families.values()
+
+
+def _process_series(pid: int) -> Iterable[Metric]:
+    return ProcessCollector(pid=lambda: pid, registry=None).collect()
+
+
+# One process: its own registry, and its own process series in it.
+if MULTIPROCESS_DIR is None:
+    REGISTRY.register(ProcessesByPid(lambda: (os.getpid(),)))
+
+
 def _registry() -> CollectorRegistry:
     if MULTIPROCESS_DIR is None:
         return REGISTRY
-    _forget_dead_workers(Path(MULTIPROCESS_DIR))
+    directory = Path(MULTIPROCESS_DIR)
+    workers = _forget_dead_workers(directory)
     # Built per scrape, as prometheus-client prescribes: the collector reads every worker's files.
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]  # prometheus-client leaves these untyped
+    registry.register(ProcessesByPid(lambda: workers))
     return registry
 
 
-def _forget_dead_workers(directory: Path) -> None:
+def _forget_dead_workers(directory: Path) -> set[int]:
     """Drop the gauges of workers that are gone from the sum (their counters and histograms stay:
-    what they counted happened). uvicorn's supervisor restarts a worker that died or hung with no
-    hook to tell us, and a worker killed with SIGKILL runs no exit code, so the scrape checks."""
+    what they counted happened), and return the live ones: every worker publishes its pools' gauges
+    once they are open. uvicorn's supervisor restarts a worker that died or hung with no hook to
+    tell us, and a worker killed with SIGKILL runs no exit code, so the scrape checks."""
+    live = set()
     for file in directory.glob("gauge_live*_*.db"):
         pid = int(file.stem.rsplit("_", 1)[1])
+        if _alive(pid):
+            live.add(pid)
+            continue
         # Two workers answering scrapes at once may both find the same dead one.
-        if not _alive(pid):
-            with suppress(FileNotFoundError):
-                multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]  # prometheus-client leaves these untyped
+        with suppress(FileNotFoundError):
+            multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]  # prometheus-client leaves these untyped
+    return live
 
 
 def _alive(pid: int) -> bool:

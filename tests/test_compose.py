@@ -4,6 +4,7 @@ the one docs/operating.md describes."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -37,6 +38,8 @@ SERVICES = {"postgres", "migrate", "pgbouncer", "writes", "reads", "proxy"}
 REPLICA = "postgres-replica"
 REPLICA_URL = f"postgresql://{READ_ROLE}:{SECRETS['ORDERS_API_READ_PASSWORD']}@{REPLICA}:5432/orders"
 REPLICA_VARIABLES = {"POSTGRES_REPLICATION_PASSWORD": "replication-5ecret", "READ_DATABASE_URL": REPLICA_URL}
+# The `monitoring` profile: Prometheus and Grafana, configured from deploy/ (docs/operating.md, "Monitoring").
+MONITORING = {"prometheus", "grafana"}
 
 pytestmark = pytest.mark.skipif(
     DOCKER_COMPOSE is None,
@@ -71,6 +74,15 @@ def empty_env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stack(empty_env_file: Path) -> dict[str, Any]:
     result = docker_compose_config(SECRETS, empty_env_file)
+    assert result.returncode == 0, result.stderr
+    rendered: dict[str, Any] = yaml.safe_load(result.stdout)
+    return rendered
+
+
+@pytest.fixture(scope="module")
+def monitoring_stack(empty_env_file: Path) -> dict[str, Any]:
+    """The stack with the `monitoring` profile on: it needs no variable of its own."""
+    result = docker_compose_config(SECRETS, empty_env_file, "--profile", "monitoring")
     assert result.returncode == 0, result.stderr
     rendered: dict[str, Any] = yaml.safe_load(result.stdout)
     return rendered
@@ -171,8 +183,8 @@ def test_reads_scale_with_no_fixed_name_or_host_port(stack: dict[str, Any]) -> N
         assert "container_name" not in found[role]
         assert "ports" not in found[role]
         assert found[role]["expose"] == ["8000"]
-    # One published port, the proxy's.
-    assert [name for name, service in found.items() if "ports" in service] == ["proxy"]
+    # One published port, the proxy's (the `monitoring` profile publishes its own).
+    assert [name for name in sorted(started(stack)) if "ports" in found[name]] == ["proxy"]
     assert len(found["proxy"]["ports"]) == 1
 
 
@@ -296,3 +308,58 @@ def test_with_the_profile_the_sides_name_the_replica(replica_stack: dict[str, An
     # The replica's password is not the service's: neither side holds it.
     for role in ("reads", "writes"):
         assert REPLICA_VARIABLES["POSTGRES_REPLICATION_PASSWORD"] not in str(found[role])
+
+
+def test_monitoring_runs_only_with_its_profile(stack: dict[str, Any], monitoring_stack: dict[str, Any]) -> None:
+    assert not started(stack) & MONITORING
+    assert started(monitoring_stack, "monitoring") == SERVICES | MONITORING
+    for name in MONITORING:
+        service = services(monitoring_stack)[name]
+        assert service["profiles"] == ["monitoring"]
+        # Published on the loopback only, like the proxy.
+        assert [port.split(":")[0] for port in service["ports"]] == ["127.0.0.1"]
+
+
+def container_port(service: Mapping[str, Any]) -> int:
+    (published,) = service["ports"]
+    return int(published.rsplit(":", 1)[1].split("/")[0])
+
+
+def test_prometheus_loads_its_config_and_alerts_from_deploy_and_scrapes_both_roles(
+    monitoring_stack: dict[str, Any],
+) -> None:
+    found = services(monitoring_stack)
+    prometheus = found["prometheus"]
+    directory = mounted(prometheus, "/etc/prometheus")
+    assert directory == ROOT / "deploy" / "prometheus"
+    flag = next(word for word in prometheus["command"] if word.startswith("--config.file="))
+    config_file = directory / Path(flag.split("=", 1)[1]).relative_to("/etc/prometheus")
+    config = yaml.safe_load(config_file.read_text())
+    # Rule files are found next to the config file, in the same mounted directory.
+    assert config["rule_files"]
+    assert all((directory / rules).is_file() for rules in config["rule_files"])
+    # Every writes and reads container, on the compose network, at the port each exposes.
+    (job,) = config["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert set(discovery["names"]) == {"writes", "reads"}
+    assert [str(discovery["port"])] == found["writes"]["expose"] == found["reads"]["expose"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard_from_deploy(monitoring_stack: dict[str, Any]) -> None:
+    found = services(monitoring_stack)
+    grafana = found["grafana"]
+    datasources = mounted(grafana, "/etc/grafana/provisioning/datasources")
+    providers = mounted(grafana, "/etc/grafana/provisioning/dashboards")
+    assert {datasources.parent, providers.parent} == {ROOT / "deploy" / "grafana" / "provisioning"}
+    (source,) = [
+        entry for file in datasources.glob("*.yml") for entry in yaml.safe_load(file.read_text())["datasources"]
+    ]
+    url = urlsplit(source["url"])
+    assert (url.hostname, url.port) == ("prometheus", container_port(found["prometheus"]))
+    (provider,) = [entry for file in providers.glob("*.yml") for entry in yaml.safe_load(file.read_text())["providers"]]
+    dashboards = list(mounted(grafana, provider["options"]["path"]).glob("*.json"))
+    assert [file.name for file in dashboards] == ["orders-api.json"]
+    # Every query of the dashboard asks the provisioned datasource.
+    panels = json.loads(dashboards[0].read_text())["panels"]
+    asked = {target["datasource"]["uid"] for panel in panels for target in panel.get("targets", [])}
+    assert asked == {source["uid"]}

@@ -41,6 +41,13 @@ SERIES = {
     "db_reads_routed",  # of db_reads_routed_total
     # The top products' answers, computed or reused (tests/reads/test_stats.py).
     "stats_answers",  # of stats_answers_total
+    # Each process's own, labelled by pid (service.metrics.ProcessesByPid).
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_cpu_seconds",  # of process_cpu_seconds_total
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
 }
 POOL_SAMPLES = ["db_pool_size", "db_pool_in_use", "db_pool_max", "db_pool_waiting", "db_pool_timeouts_total"]
 ORDER = "/v1/orders/{id}"
