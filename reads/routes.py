@@ -51,6 +51,14 @@ ALWAYS = {400: Problem, 401: Problem, 503: Problem}
 ONE = {**ALWAYS, 404: Problem}
 MANY = {**ALWAYS, 422: Problem}
 
+# Every answer is personal data (emails, names) or sits beside it behind the same token, and a query
+# right after a command must see its effect: no cache may answer from a stored copy without asking.
+# A product or order is stored by the client alone and revalidated with its ETag each time (a 304
+# when unchanged); no shared cache keeps any answer. The rest has no validator, so a stored copy
+# could never be reused and is not kept at all.
+REVALIDATE = {"Cache-Control": "private, no-cache"}
+NO_STORE = {"Cache-Control": "no-store"}
+
 
 def authorize(request: Request) -> None:
     """Queries need a bearer token from READ_API_TOKENS, unless READ_API_OPEN opened them to anyone."""
@@ -62,7 +70,7 @@ def authorize(request: Request) -> None:
 def with_etag(request: Request, view: Any, version: int) -> Response:
     """The view with ``ETag``, or a bodiless 304 when ``If-None-Match`` already names it."""
     tag = etag(version)
-    headers = {"ETag": tag}
+    headers = {"ETag": tag, **REVALIDATE}
     if if_none_match(request, tag):
         return Response(status_code=304, headers=headers)
     return MsgspecResponse(view, headers=headers)
@@ -91,7 +99,7 @@ def resource_route(
         found = await find(await reader(request), resource_id)
         if found is None:
             raise NotFound(f"{kind} {resource_id} not found")
-        return with_etag(request, found, found.version) if versioned else MsgspecResponse(found)
+        return with_etag(request, found, found.version) if versioned else MsgspecResponse(found, headers=NO_STORE)
 
     return Route(path, endpoint, methods=["GET"], name=find.__name__)
 
@@ -105,7 +113,7 @@ def query_route(
     async def endpoint(request: Request) -> Response:
         authorize(request)
         given = query_params(request, params)
-        return MsgspecResponse(await run(await reader(request), given))
+        return MsgspecResponse(await run(await reader(request), given), headers=NO_STORE)
 
     return Route(path, endpoint, methods=["GET"], name=run.__name__)
 
@@ -126,7 +134,7 @@ async def order_export(request: Request) -> Response:
     # The first batch is read before any byte is sent, so an exhausted pool or a dead database is
     # still a proper 503; a later failure can only cut the stream, visibly (see WholeOrCut).
     first: list[OrderSummary] = await anext(batches, [])
-    return WholeOrCut(ndjson(first, batches), media_type="application/x-ndjson")
+    return WholeOrCut(ndjson(first, batches), media_type="application/x-ndjson", headers=NO_STORE)
 
 
 class WholeOrCut(StreamingResponse):

@@ -17,9 +17,13 @@ from starlette.routing import BaseRoute, Route
 
 import reads.side
 import writes.side
+from service import docs
+from service.compression import COMPRESSION
+from service.cors import cors
 from service.logs import RequestLog
 from service.metrics import RequestMetrics, metrics
 from service.schema import head_revision
+from service.tracing import Tracing
 from shared.config import ConfigError, Settings
 from shared.dto import Problem
 from shared.errors import ApiError, MethodNotAllowed, NotFound
@@ -43,9 +47,10 @@ SIDES_FOR_ROLE: Mapping[ServeRole, tuple[Side, ...]] = {
 }
 
 
-def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlette:
+def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES, tracing: Tracing | None = None) -> Starlette:
     """The app serving ``sides`` (both by default; one for ``serve --role``): their routes, their
-    pools, and readiness over just those pools. The other side's routes answer 404."""
+    pools, and readiness over just those pools. The other side's routes answer 404. With
+    ``tracing`` (``service.tracing``), its requests and their statements are traced."""
     require_query_access(settings, sides)
     head = head_revision()
 
@@ -58,6 +63,8 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
                 stack.push_async_callback(pool.close)
                 pools[side.name] = pool
             resources = Resources(settings=settings, pools=pools, schema_head=head)
+            if tracing is not None:
+                stack.enter_context(tracing.instrumenting(pools))
             # Requests reach it through shared.sides.resources(request); operations tooling and
             # tests through app.state.resources.
             app.state.resources = resources
@@ -72,6 +79,7 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *docs.ROUTES,
     ]
     served = [route for side in sides for route in side.routes]
     # The router tries routes in order, a regex match each: the queries, the hot path, go first.
@@ -87,9 +95,21 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES) -> Starlet
         lifespan=lifespan,
         # RequestLog first: outermost, it gives every request its id before anything else logs, and
         # answers (and logs, once) any exception the others let through.
+        # With tracing on, its server span is outside even that: the access line names the span.
+        # CORS (when CORS_ALLOW_ORIGINS is set) outside them all: it answers preflights before any
+        # other work (auth included), and marks every answer readable, a 500 of RequestLog's too.
+        # Compression innermost: the metrics' and the access log's durations include its CPU.
         middleware=[
-            Middleware(RequestLog, access_log=settings.access_log, internal_error=internal_error),
+            *cors(settings),
+            *([] if tracing is None else [tracing.middleware()]),
+            Middleware(
+                RequestLog,
+                access_log=settings.access_log,
+                internal_error=internal_error,
+                trace_ids=None if tracing is None else tracing.ids,
+            ),
             Middleware(RequestMetrics),
+            COMPRESSION,
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
     )

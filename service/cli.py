@@ -26,6 +26,7 @@ from service.metrics import multiprocess_directory
 from service.reference.configuration import configuration_markdown, effective_report
 from service.schema import current_revision, head_revision, upgrade_to_head
 from service.server import HeadBounds
+from service.tracing import from_environment, requested
 from shared.config import ConfigError, Settings, asyncpg_dsn
 from shared.roles import READ_ROLE, WRITE_ROLE, SessionSettingsWrong, role_statements
 from shared.sides import Side
@@ -97,6 +98,7 @@ def serve(host: str, port: int, workers: int, role: ServeRole, data_dir: Path | 
     settings = msgspec.structs.replace(settings, orders_api_role=role)
     try:
         require_query_access(settings, SIDES_FOR_ROLE[role])
+        requested(os.environ)  # an OTEL_* variable set without the otel extra stops here, not in each worker
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     require_connection_budget(settings, workers)
@@ -116,7 +118,8 @@ def serve(host: str, port: int, workers: int, role: ServeRole, data_dir: Path | 
         signal.signal(signum, _exit_cleanly)
     options = uvicorn_options(settings)
     if workers == 1:
-        serve_in_this_process(create_app(settings, SIDES_FOR_ROLE[role]), host=host, port=port, **options)
+        app = create_app(settings, SIDES_FOR_ROLE[role], from_environment(os.environ))
+        serve_in_this_process(app, host=host, port=port, **options)
         return
     # Worker processes build their own app from the environment: hand them what was decided here.
     os.environ["DATABASE_URL"] = settings.write_url
@@ -172,7 +175,9 @@ def app_from_env() -> Any:
     # orders_api.* INFO lines would go nowhere, and its warnings would lack the request they belong to.
     configure_logging()
     settings = Settings.from_env()
-    return create_app(settings, SIDES_FOR_ROLE[settings.orders_api_role])
+    # Its own tracer provider too (service.tracing), made here in the worker process: the supervisor
+    # made none, and one made before the workers started would not bring its export thread along.
+    return create_app(settings, SIDES_FOR_ROLE[settings.orders_api_role], from_environment(os.environ))
 
 
 def require_schema_at_head(settings: Settings) -> None:

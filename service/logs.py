@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
@@ -27,6 +28,8 @@ from shared.paths import route_template
 
 AccessLog = Literal["off", "text", "json"]
 ErrorResponse = Callable[[Request, Exception], Awaitable[Response]]
+# The current span's trace and span ids in hex, or None outside a trace (``service.tracing.Tracing.ids``).
+TraceIds = Callable[[], tuple[str, str] | None]
 
 errors = logging.getLogger("orders_api.http")
 
@@ -75,8 +78,8 @@ class RequestContext(logging.Filter):
         return True
 
 
-class AccessLine(msgspec.Struct):
-    method: str
+class AccessLine(msgspec.Struct, omit_defaults=True):
+    method: str  # first: the benchmark picks the access lines out of a server's output by it
     route: str | None  # None: no route matched (a 404)
     # The path without its query string: filters may hold personal data (an email, a name).
     path: str
@@ -84,6 +87,13 @@ class AccessLine(msgspec.Struct):
     duration_ms: float
     request_id: str
     client: str | None
+    # When the request ended (UTC, RFC 3339, as the API writes instants), and the line's level named as
+    # the stderr lines name theirs (``configure_logging``): a log shipper files it with the others.
+    timestamp: datetime
+    level: Literal["INFO"]
+    # With tracing on (service.tracing), the request's trace and server span, as traceparent writes them.
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 ACCESS_LINE = msgspec.json.Encoder()
@@ -98,10 +108,18 @@ class RequestLog:
     ServerErrorMiddleware would re-raise it, and uvicorn would log it a second time without the
     request's route or id."""
 
-    def __init__(self, app: ASGIApp, *, access_log: AccessLog, internal_error: ErrorResponse) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access_log: AccessLog,
+        internal_error: ErrorResponse,
+        trace_ids: TraceIds | None = None,
+    ) -> None:
         self.app = app
         self.json = access_log == "json"  # "text" is uvicorn's own access log; "off" writes nothing
         self.internal_error = internal_error
+        self.trace_ids = trace_ids  # service.tracing's, when it is on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,7 +149,8 @@ class RequestLog:
             # connection, so the client sees a cut response, never a complete-looking one.
         finally:
             if self.json:
-                _write_access_line(current, status, time.perf_counter() - started)
+                ids = None if self.trace_ids is None else self.trace_ids()
+                _write_access_line(current, status, time.perf_counter() - started, ids)
             CURRENT.reset(token)
 
 
@@ -145,9 +164,12 @@ def request_id(scope: Scope) -> str:
     return secrets.token_hex(8)
 
 
-def _write_access_line(current: CurrentRequest, status: int | None, elapsed: float) -> None:
+def _write_access_line(
+    current: CurrentRequest, status: int | None, elapsed: float, ids: tuple[str, str] | None
+) -> None:
     scope = current.scope
     client = scope.get("client")
+    trace_id, span_id = (None, None) if ids is None else ids
     line = AccessLine(
         method=scope["method"],
         route=current.route,
@@ -156,6 +178,10 @@ def _write_access_line(current: CurrentRequest, status: int | None, elapsed: flo
         duration_ms=round(elapsed * 1000, 3),
         request_id=current.request_id,
         client=None if client is None else f"{client[0]}:{client[1]}",
+        timestamp=datetime.now(UTC),
+        level="INFO",
+        trace_id=trace_id,
+        span_id=span_id,
     )
     # Written straight to stdout (as uvicorn writes its access lines), not through a logger: building a
     # LogRecord alone costs several times the rest of this line, on every request. Flushed, so a line

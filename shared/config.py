@@ -31,6 +31,9 @@ TtlSeconds = Annotated[int, Meta(ge=1, le=10 * 365 * 86_400)]
 # masks it (a URL's password, every token).
 SECRET = {"secret": True}
 
+# The variables whose value is a comma-separated list.
+LISTS = frozenset({"WRITE_API_TOKENS", "READ_API_TOKENS", "CORS_ALLOW_ORIGINS"})
+
 
 class ConfigError(Exception):
     """A variable has a value the service cannot run with; the message names it."""
@@ -195,6 +198,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
             "DATABASE_URL) sets it unless READ_API_TOKENS is set.",
         ),
     ] = False
+    cors_allow_origins: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="Origins whose web pages may call the API from a browser (CORS), each as a browser "
+            "sends it in Origin: scheme://host[:port], no path (https://shop.example.com). Unset: no CORS at "
+            "all, so a browser lets no other origin read an answer. `*` is refused: name each origin. "
+            "Cookies are never allowed (no Access-Control-Allow-Credentials): pages send the bearer token in "
+            "Authorization.",
+        ),
+    ] = ()
     idempotency_ttl: Annotated[
         TtlSeconds, Meta(description="Seconds an Idempotency-Key and its stored response are kept.")
     ] = 86_400
@@ -300,6 +313,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
                 f"READ_POOL_MIN_SIZE ({self.read_pool_min_size}) must not exceed "
                 f"READ_POOL_MAX_SIZE ({self.read_pool_max_size})"
             )
+        for origin in self.cors_allow_origins:
+            _check_origin(origin)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -313,7 +328,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
             value = env.get(name)
             if value is None or value.strip() == "":
                 continue
-            raw[name] = _split_tokens(value) if name.endswith("_API_TOKENS") else value.strip()
+            raw[name] = _split_tokens(value) if name in LISTS else value.strip()
         try:
             return msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
@@ -375,6 +390,41 @@ def _check_postgres_url(variable: str, url: str) -> None:
         raise ConfigError(f"{variable} must look like postgresql://user:pass@host:port/db, got scheme {parts.scheme!r}")
     if not parts.path.strip("/"):
         raise ConfigError(f"{variable} must name a database (postgresql://user:pass@host:port/db)")
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+EXAMPLE_ORIGIN = "https://shop.example.com"
+
+
+def _check_origin(origin: str) -> None:
+    """``origin`` must be spelled as a browser serializes it in ``Origin`` (RFC 6454): CORS
+    compares the two strings exactly, so any other spelling (a trailing slash, an upper-case host,
+    the default port) would match no request and fail only in the browser, silently."""
+    if origin == "*":
+        raise ConfigError(
+            "CORS_ALLOW_ORIGINS: `*` is refused: any web site could then read the answers (personal data) "
+            f"through its visitors' browsers; name each origin whose pages call the API ({EXAMPLE_ORIGIN})"
+        )
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    host = parts.hostname if parts is not None else None
+    if parts is None or parts.scheme not in DEFAULT_PORTS or not host:
+        raise ConfigError(
+            f"CORS_ALLOW_ORIGINS: {origin!r} is not an origin: write scheme://host[:port] ({EXAMPLE_ORIGIN})"
+        )
+    if not host.isascii():
+        raise ConfigError(f"CORS_ALLOW_ORIGINS: {origin!r}: write the host in its xn-- form, as browsers send it")
+    bracketed = f"[{host}]" if ":" in host else host
+    shown_port = "" if port in (None, DEFAULT_PORTS[parts.scheme]) else f":{port}"
+    serialized = f"{parts.scheme}://{bracketed}{shown_port}"
+    if origin != serialized:
+        raise ConfigError(
+            f"CORS_ALLOW_ORIGINS: {origin!r} is not an origin as a browser sends it (no path, no trailing slash, "
+            f"lower case, no default port): write {serialized!r}"
+        )
 
 
 def _split_tokens(value: str) -> list[str]:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,10 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -24,6 +29,7 @@ from reads.db import ReadPool
 from service.app import create_app
 from service.cli import uvicorn_options
 from service.logs import RequestContext
+from service.tracing import Tracing
 from shared.config import Settings
 from tests.processes import serve_env, serving_process, wait_ready
 from tests.support import running_client, serving
@@ -49,7 +55,9 @@ async def test_json_access_lines_carry_route_status_and_request_id(
     app = create_app(settings)
     async with serving(app, **uvicorn_options(settings)) as url, httpx.AsyncClient(base_url=url) as http:
         product = await new_product(http)
+        before = datetime.now(UTC)
         given = await http.get(f"/v1/products/{product}", headers={"X-Request-Id": "edge-7f3a.1"})
+        after = datetime.now(UTC)
         # Not a sane token (a space, and far too long): replaced by one of ours, never logged.
         forged = await http.get(f"/v1/products/{product}", headers={"X-Request-Id": "x y" * 40})
         missing = await http.get("/nowhere")
@@ -60,7 +68,12 @@ async def test_json_access_lines_carry_route_status_and_request_id(
     lines = access_lines(capsys)
     by_id = {line["request_id"]: line for line in lines}
     line = by_id["edge-7f3a.1"]
-    assert set(line) == {"method", "route", "path", "status", "duration_ms", "request_id", "client"}
+    # No trace_id or span_id: tracing is off.
+    fields = ["method", "route", "path", "status", "duration_ms", "request_id", "client", "timestamp", "level"]
+    assert list(line) == fields  # "method" first: bench/scenarios/writes.py finds the lines by it
+    assert line["timestamp"].endswith("Z")  # RFC 3339 in UTC, as the API writes instants
+    assert before <= datetime.fromisoformat(line["timestamp"]) <= after
+    assert line["level"] == "INFO"
     assert line["method"] == "GET"
     assert line["route"] == "/v1/products/{id}"
     assert line["path"] == f"/v1/products/{product}"
@@ -68,7 +81,9 @@ async def test_json_access_lines_carry_route_status_and_request_id(
     assert 0 < line["duration_ms"] < 10_000
     assert line["client"].startswith("127.0.0.1:")
     assert by_id[forged.headers["X-Request-Id"]]["status"] == 200
-    assert by_id[missing.headers["X-Request-Id"]] | {"duration_ms": 0, "client": ""} == {
+    assert by_id[missing.headers["X-Request-Id"]] | {"timestamp": "", "duration_ms": 0, "client": ""} == {
+        "timestamp": "",
+        "level": "INFO",
         "method": "GET",
         "route": None,
         "path": "/nowhere",
@@ -80,6 +95,32 @@ async def test_json_access_lines_carry_route_status_and_request_id(
     # The create, the three reads: one line each, and uvicorn wrote none of its own.
     assert len(lines) == 4
     assert logging.getLogger("uvicorn.access").hasHandlers() is False
+
+
+async def test_with_tracing_on_json_access_lines_name_the_requests_trace_and_span(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = msgspec.structs.replace(settings, access_log="json")
+    caller = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    async with running_client(create_app(settings, tracing=Tracing(provider))) as client:
+        await client.get("/v1/products/1", headers={**caller, "X-Request-Id": "traced"})
+        await client.get("/v1/products/1", headers={"X-Request-Id": "own-trace"})
+        await client.get("/healthz", headers={"X-Request-Id": "probe"})  # untraced (service.tracing.UNTRACED)
+
+    by_id = {line["request_id"]: line for line in access_lines(capsys)}
+    servers = {span.context.trace_id: span for span in exporter.get_finished_spans() if span.kind is SpanKind.SERVER}
+    traced, own = by_id["traced"], by_id["own-trace"]
+    assert traced["trace_id"] == "0af7651916cd43dd8448eb211c80319c"  # the caller's
+    assert own["trace_id"] != traced["trace_id"]  # a trace of its own
+    for line in (traced, own):
+        server = servers[int(line["trace_id"], 16)]
+        assert line["span_id"] == f"{server.context.span_id:016x}"  # the request's server span
+    assert by_id["probe"]["level"] == "INFO"
+    assert "trace_id" not in by_id["probe"]
+    assert "span_id" not in by_id["probe"]
 
 
 async def test_access_log_off_writes_no_line_and_uvicorn_builds_none(

@@ -1,0 +1,50 @@
+"""CORS: the web pages of ``CORS_ALLOW_ORIGINS`` may call the API from a browser (Starlette's
+CORSMiddleware). Unset, nothing is installed: no header is added and no request pays for a check."""
+
+from __future__ import annotations
+
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from shared.config import Settings
+
+# The service has no other methods: a preflight for any other is refused.
+ALLOWED_METHODS = ("GET", "HEAD", "POST")
+# Every request header the service reads. Content-Type is listed because only form types are
+# CORS-safelisted, and a JSON body needs it; X-Request-Id lets a page name its own requests.
+ALLOWED_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "If-Match",
+    "If-None-Match",
+    "Consistency-Token",
+    "X-Request-Id",
+)
+# Response headers a page may read beyond the safelisted ones (Cache-Control, Content-Type, ...).
+EXPOSED_HEADERS = ("ETag", "Location", "Consistency-Token", "Idempotent-Replayed", "Retry-After", "X-Request-Id")
+# Seconds a browser may reuse a preflight's answer for its URL. The answer depends on nothing but
+# this configuration; Chromium caps it at 2 hours (Firefox at 24), so more would change nothing.
+PREFLIGHT_MAX_AGE = 7200
+
+
+def cors(settings: Settings) -> list[Middleware]:
+    """The middleware answering preflights and marking answers readable for the allowed origins;
+    none when ``CORS_ALLOW_ORIGINS`` is unset.
+
+    Cookies are never allowed (``allow_credentials=False``): a page sends its bearer token in
+    ``Authorization``, which a preflight allows by name, so no browser ever attaches a user's
+    cookies or HTTP credentials to a cross-origin call."""
+    if not settings.cors_allow_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=ALLOWED_METHODS,
+            allow_headers=ALLOWED_HEADERS,
+            expose_headers=EXPOSED_HEADERS,
+            allow_credentials=False,
+            max_age=PREFLIGHT_MAX_AGE,
+        )
+    ]
