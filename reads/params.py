@@ -104,3 +104,19 @@ def integer_fields(params: type[msgspec.Struct]) -> frozenset[str]:
         return isinstance(kind, msgspec.inspect.IntType)
 
     return frozenset(f.encode_name for f in info.fields if holds_int(f.type))
+
+
+EventLimit = Annotated[int, Meta(ge=1, le=1000)]
+EventWait = Annotated[int, Meta(ge=0, le=30)]
+# Comma-separated event types, each checked against EventType (reads.events).
+EventTypes = Annotated[str, Meta(min_length=1, max_length=1000, pattern=r"^[a-z._,]+$")]
+
+
+class EventQuery(Params):
+    """``after`` is an event's id (or a page's ``next_cursor``); absent, the feed starts at the
+    oldest event kept. ``wait`` seconds a page with nothing new waits for an event."""
+
+    after: str | None = None
+    limit: EventLimit = 100
+    types: EventTypes | None = None
+    wait: EventWait = 0

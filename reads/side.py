@@ -3,8 +3,8 @@ primary's with its replicas, ``reads.balancing``), which keeps the answer cache.
 
 from __future__ import annotations
 
+from reads import events, routes
 from reads.balancing import open_read_side
-from reads.routes import ROUTES
 from shared.sides import Side
 
-SIDE = Side(name="reads", routes=ROUTES, open_pool=open_read_side)
+SIDE = Side(name="reads", routes=[*routes.ROUTES, *events.ROUTES], open_pool=open_read_side)

@@ -211,6 +211,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     idempotency_ttl: Annotated[
         TtlSeconds, Meta(description="Seconds an Idempotency-Key and its stored response are kept.")
     ] = 86_400
+    events_retention: Annotated[
+        TtlSeconds,
+        Meta(
+            description="Seconds an event is kept in the feed (7 days); older ones are purged in batches, and a "
+            "cursor from before the oldest kept is a 410."
+        ),
+    ] = 7 * 86_400
+    events_poll_ms: Annotated[
+        int,
+        Meta(
+            ge=10,
+            le=10_000,
+            description="How often, in ms, each process reads the feed's head while clients wait on it (long-poll "
+            "or stream): one query a period for all of them, never one each.",
+        ),
+    ] = 100
+    events_stream_seconds: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=86_400,
+            description="Seconds an event stream (Server-Sent Events) stays open; then it ends and the client "
+            "reconnects with Last-Event-ID.",
+        ),
+    ] = 300
     max_body_bytes: Annotated[
         PositiveInt, Meta(description="Largest command body, in bytes (1 MiB); a larger one is a 413.")
     ] = 1 * MiB

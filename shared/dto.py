@@ -198,6 +198,52 @@ class Page(msgspec.Struct, Generic[T], frozen=True):
     next_cursor: str | None
 
 
+# The feed's events (``GET /v1/events``): one per resource a command changed.
+EventType = Literal[
+    "customer.created",
+    "customer.updated",
+    "product.created",
+    "product.restocked",
+    "product.repriced",
+    "order.placed",
+    "order.paid",
+    "order.shipped",
+    "order.cancelled",
+    "order.imported",
+]
+SubjectType = Literal["customer", "product", "order"]
+
+
+class EventSubject(msgspec.Struct, frozen=True):
+    type: SubjectType
+    id: int
+
+
+# The subject's view after the change, as the query side returns it, kept as the command's answer
+# was encoded (so it is passed on as it is, never decoded). The OpenAPI document names the views.
+EventData = Annotated[
+    msgspec.Raw,
+    Meta(
+        extra_json_schema={
+            "anyOf": [{"$ref": f"#/components/schemas/{view}"} for view in ("CustomerView", "ProductView", "OrderView")]
+        }
+    ),
+]
+
+
+class Event(msgspec.Struct, frozen=True):
+    id: str  # opaque: the cursor to resume after this event
+    type: EventType
+    occurred_at: datetime
+    subject: EventSubject
+    data: EventData
+
+
+class EventPage(msgspec.Struct, frozen=True):
+    items: list[Event]
+    next_cursor: str  # always set: where to resume, past every event this page saw
+
+
 class UpsertResult(msgspec.Struct, frozen=True):
     inserted: int
     updated: int

@@ -69,6 +69,10 @@ class StockLimit(ApiError): ...
 class InvalidTransition(ApiError): ...
 
 
+class EventsPurged(ApiError):
+    """A feed cursor from before the oldest event kept (EVENTS_RETENTION purged what followed it)."""
+
+
 class RequestInProgress(ApiError): ...
 
 
@@ -142,6 +146,7 @@ PROBLEMS: dict[type[ApiError], ProblemKind] = {
     RequestInProgress: ProblemKind(
         409, "Request with this idempotency key is in progress", "/problems/request-in-progress"
     ),
+    EventsPurged: ProblemKind(410, "Events purged", "/problems/events-purged"),
     VersionMismatch: ProblemKind(412, "Version mismatch", "/problems/version-mismatch"),
     BodyTooLarge: ProblemKind(413, "Request body too large", "/problems/body-too-large"),
     NotJson: ProblemKind(415, "Unsupported media type", "/problems/not-json"),

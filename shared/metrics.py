@@ -101,6 +101,23 @@ STATS_ANSWERS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+# The event feed (writes.events appends, reads.events serves).
+EVENTS_APPENDED = Counter(
+    "events_appended", "Events appended by committed commands, by type", ["type"], registry=REGISTRY
+)
+EVENTS_WAITING = Gauge(
+    "events_waiting",
+    "Feed clients waiting for an event: mode=long-poll (GET with wait) or stream (Server-Sent Events)",
+    ["mode"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+EVENTS_OLDEST_AGE_SECONDS = Gauge(
+    "events_oldest_age_seconds",
+    "Age of the oldest event the feed keeps (EVENTS_RETENTION bounds it, give or take a purge period)",
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests answered", ["method", "route", "status"], registry=REGISTRY)
 HTTP_REQUEST_SECONDS = Histogram(
     "http_request_duration_seconds",

@@ -9,15 +9,16 @@ accepts. Links, written out below, tell a client (and Schemathesis) what each re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_args, get_type_hints
 
 import msgspec
 from starlette.routing import BaseRoute, Route
 
-from shared.dto import Problem
+from shared.dto import EventType, Problem
 from shared.paths import template
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -124,6 +125,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("get", "/v1/stats/revenue/daily"): "getDailyRevenue",
     ("get", "/v1/stats/products/top"): "getTopProducts",
     ("get", "/v1/exports/orders"): "exportOrders",
+    ("get", "/v1/events"): "listEvents",
 }
 
 
@@ -180,6 +182,15 @@ def _path_item(route: Route, op: Operation, refs: dict[str, Any]) -> dict[str, A
 # Path ids are bigint keys, and the path convertor takes only their canonical decimal form.
 PATH_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 
+# reads.events: a comma-separated list of known event types.
+_EVENT_TYPE = "(" + "|".join(re.escape(type_) for type_ in get_args(EventType)) + ")"
+EVENT_ID = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_-]+$",
+    "description": "Opaque: an event's id (or a page's next_cursor); the feed resumes after it. It is sealed, so "
+    "any other value is a 400, and one older than the events kept is a 410.",
+}
+
 # What the service accepts in these headers; any other header is described as a plain string.
 HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     # writes.idempotency.KEY: 1..255 printable ASCII. HTTP strips spaces around a field value, so a
@@ -203,10 +214,18 @@ HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "Opaque: the Consistency-Token of a command's response. The answer is then never "
         "older than that command.",
     },
+    # reads.events: what an event stream's `id:` lines carry; a browser sends the last one on reconnecting.
+    "Last-Event-ID": EVENT_ID,
 }
 
 # Query parameters whose Struct type says less than the service checks.
 QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "after": EVENT_ID,
+    "types": {
+        "type": "string",
+        "pattern": f"^{_EVENT_TYPE}(,{_EVENT_TYPE})*$",
+        "description": "Only events of these types, comma-separated.",
+    },
     "cursor": {
         "type": "string",
         "pattern": "^[A-Za-z0-9_-]+$",

@@ -24,7 +24,14 @@ from tests.reads.factories import Shop
 from tests.replica import replay_delay, standby  # noqa: F401  (fixtures: a streaming standby)
 from tests.support import WRITE_TOKEN, running_client
 
-TABLES = "sales_daily, product_sales, customer_totals, order_items, orders, products, customers, idempotency_keys"
+TABLES = (
+    "sales_daily, product_sales, customer_totals, order_items, orders, products, customers, idempotency_keys, events"
+)
+# What emptying the tables leaves: the feed's one-row tables back at their start (migration 0007).
+EMPTY_TABLES = (
+    f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE;"
+    " UPDATE events_head SET last = 0; UPDATE events_horizon SET purged_through = 0"
+)
 
 
 def with_database(url: str, database: str) -> str:
@@ -77,7 +84,7 @@ def _empty_tables(request: pytest.FixtureRequest) -> None:
     if "database_url" not in request.fixturenames:
         return
     url = request.getfixturevalue("database_url")
-    asyncio.run(_admin(url, f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    asyncio.run(_admin(url, EMPTY_TABLES))
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@
   is already long), so it stays 1..255 printable ASCII and a valid request stays valid; an invalid
   key is sent as drawn.
 - No repeated product in a positive order (below).
+- A short `wait` on GET /v1/events: a drawn one of up to 30 s would hold each such case that long
+  when nothing new arrives; one second still exercises the long-poll.
 - A valid Consistency-Token in positive cases. Schemathesis's coverage phase draws no value for a
   header whose pattern holds a "." (the token's "1." prefix), and seeds the optional header with a
   negative one ("0") that its positive cases then carry; those get a well-formed token instead.
@@ -50,6 +52,9 @@ def before_call(ctx: schemathesis.HookContext, case: schemathesis.Case[Any], kwa
     if isinstance(key, str) and VALID_KEY.fullmatch(key):
         prefix = f"{RUN}-{next(SEQUENCE)}-"
         case.headers["Idempotency-Key"] = prefix + key if len(prefix + key) <= 255 else prefix + key[len(prefix) :]
+    wait = case.query.get("wait") if isinstance(case.query, dict) else None
+    if isinstance(wait, int) and not isinstance(wait, bool) and wait > 1:
+        case.query["wait"] = 1
     token = case.headers.get(TOKEN)
     positive = case.meta is not None and case.meta.generation.mode.is_positive
     if positive and isinstance(token, str) and not VALID_TOKEN.fullmatch(token):

@@ -41,6 +41,10 @@ SERIES = {
     "db_reads_routed",  # of db_reads_routed_total
     # The top products' answers, computed or reused (tests/reads/test_stats.py).
     "stats_answers",  # of stats_answers_total
+    # The event feed (tests/test_events.py).
+    "events_appended",  # of events_appended_total
+    "events_waiting",
+    "events_oldest_age_seconds",
     # Each process's own, labelled by pid (service.metrics.ProcessesByPid).
     "process_resident_memory_bytes",
     "process_virtual_memory_bytes",

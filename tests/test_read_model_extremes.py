@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from service.app import create_app
 from shared.config import Settings
-from tests.conftest import TABLES
+from tests.conftest import EMPTY_TABLES
 from tests.reads.factories import Shop
 from tests.support import AUTH, running_client
 from tests.test_read_models import assert_agreement, import_new_orders, import_orders, move_one
@@ -169,7 +169,7 @@ async def test_any_sequence_of_the_largest_orders_succeeds_and_leaves_every_sum_
 ) -> None:
     # Each example from empty tables, so the oracle recomputes hundreds of thousands of items, not
     # millions; the new tokens make the service rank the top products again.
-    await db.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    await db.execute(EMPTY_TABLES)
     await db.execute("UPDATE product_sales_versions SET token = gen_random_uuid()")
     customers = [(await shop.customer())["id"] for _ in range(2)]
     products = await dearest_products(shop, PRODUCTS)

@@ -11,6 +11,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     TypeDecorator,
     Uuid,
     func,
+    text,
     true,
 )
 from sqlalchemy.engine import Dialect
@@ -231,3 +233,43 @@ class CustomerTotals(Base):
     customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id"), primary_key=True)
     order_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
     lifetime_value_cents: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+
+
+class Event(Base):
+    """One event of the feed (``writes.events``): a command's change to one resource, with the
+    resource's view after it. ``position`` is given at commit, in commit order (migration 0007's
+    trigger), so it is NULL only inside the transaction that appends the event."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index(None, "type", "position"),
+        Index("ix_events_unpositioned", "id", postgresql_where=text("position IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    position: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    type: Mapped[str] = mapped_column(Text, nullable=False)
+    subject_type: Mapped[str] = mapped_column(Text, nullable=False)
+    subject_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    occurred_at: Mapped[datetime] = _now()
+    data: Mapped[object] = mapped_column(JSON, nullable=False)
+
+
+class EventsHead(Base):
+    """The last position given to an event (one row): its lock orders the commits that append events."""
+
+    __tablename__ = "events_head"
+    __table_args__ = (CheckConstraint("one", name="one_row"),)
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=true())
+    last: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class EventsHorizon(Base):
+    """The last position purged (one row): a cursor before it is a 410."""
+
+    __tablename__ = "events_horizon"
+    __table_args__ = (CheckConstraint("one", name="one_row"),)
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=true())
+    purged_through: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -6,9 +6,10 @@ replay can send again unchanged.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -16,15 +17,22 @@ from starlette.responses import Response
 
 from shared import consistency
 from shared.auth import bearer_token
+from shared.dto import EventType
 from shared.errors import NotJson
 from shared.http import ENCODER, decode_json, etag, is_json, read_body
 from shared.sides import resources
-from writes import idempotency
+from writes import events, idempotency
 from writes.db import write_pool
+from writes.events import NewEvent
 from writes.idempotency import Claim, StoredResponse
 
 T = TypeVar("T")
 V = TypeVar("V")
+
+
+class Identified(Protocol):
+    @property
+    def id(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -71,20 +79,29 @@ async def execute(
     incoming: Incoming[Any],
     work: Callable[[AsyncSession], Awaitable[V]],
     reply: Callable[[V], StoredResponse],
+    event: EventType | None = None,
 ) -> Response:
+    """Run ``work`` and answer with ``reply`` of its view. With ``event``, the command's event, whose
+    data is the answer's body (``writes.events``), is appended in the same transaction."""
     claim = incoming.claim
 
-    async def unit_of_work(session: AsyncSession) -> tuple[StoredResponse, bool]:
+    async def unit_of_work(session: AsyncSession) -> tuple[StoredResponse, bool, Counter[str] | None]:
         # One transaction (opened by WritePool.run): claim the key, run the command, store its
-        # response. They commit together, or nothing does.
+        # response, append its events. They commit together, or nothing does.
         if claim is not None and (stored := await idempotency.claim_key(session, claim)) is not None:
-            return stored, True
-        response = reply(await work(session))
+            return stored, True, None
+        view = await work(session)
+        response = reply(view)
         if claim is not None:
             await idempotency.store_response(session, claim, response)
-        return response, False
+        if event is not None:
+            subject = cast(Identified, view).id  # every view a single-resource command answers has an id
+            await events.append(session, [NewEvent(event, subject, response.body.decode())])
+        return response, False, session.info.get(events.APPENDED)
 
-    (stored, replayed), position = await write_pool(request).run_marked(unit_of_work)
+    (stored, replayed, appended), position = await write_pool(request).run_marked(unit_of_work)
+    if appended:
+        events.count_committed(appended)
     headers = {**stored.headers, "Idempotent-Replayed": "true"} if replayed else dict(stored.headers)
     if position is not None:
         # Not stored with the key: a replay carries where the WAL stands now, which is past the

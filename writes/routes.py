@@ -14,6 +14,7 @@ from shared.dto import (
     CreateCustomer,
     CreateProduct,
     CustomerView,
+    EventType,
     ImportedOrder,
     ImportResult,
     OrderView,
@@ -53,13 +54,15 @@ def command(
     tag: str,
     summary: str,
     responses: dict[int, Any],
+    event: EventType | None,
 ) -> Route:
-    """A route for a command with a JSON body and no path parameter."""
+    """A route for a command with a JSON body and no path parameter; ``event`` is the type of the
+    event its view is appended as (None: the handler appends its own, ``writes.events``)."""
 
     @operation(summary, tag=tag, body=body, headers=IDEMPOTENT, responses={**responses, **REFUSALS})
     async def endpoint(request: Request) -> Response:
         incoming = await accept_json(request, body)
-        return await execute(request, incoming, lambda s: handler(incoming.command, s), reply)
+        return await execute(request, incoming, lambda s: handler(incoming.command, s), reply, event)
 
     return Route(path, endpoint, methods=["POST"])
 
@@ -70,6 +73,7 @@ def product_change(
     handler: Callable[[int, C, AsyncSession], Awaitable[ProductView]],
     *,
     summary: str,
+    event: EventType,
     conflicts: bool = False,
 ) -> Route:
     responses = {200: ProductView, 404: Problem, **({409: Problem} if conflicts else {}), **REFUSALS}
@@ -78,13 +82,17 @@ def product_change(
     async def endpoint(request: Request) -> Response:
         incoming = await accept_json(request, body)
         product_id = path_id(request, "product")
-        return await execute(request, incoming, lambda s: handler(product_id, incoming.command, s), ok)
+        return await execute(request, incoming, lambda s: handler(product_id, incoming.command, s), ok, event)
 
     return Route(path, endpoint, methods=["POST"])
 
 
 def transition(
-    path: str, handler: Callable[[int, IfMatch, AsyncSession], Awaitable[OrderView]], *, summary: str
+    path: str,
+    handler: Callable[[int, IfMatch, AsyncSession], Awaitable[OrderView]],
+    *,
+    summary: str,
+    event: EventType,
 ) -> Route:
     @operation(
         summary,
@@ -95,7 +103,7 @@ def transition(
     async def endpoint(request: Request) -> Response:
         incoming = await accept_empty(request)
         order_id, if_match = path_id(request, "order"), if_match_versions(request)
-        return await execute(request, incoming, lambda s: handler(order_id, if_match, s), ok)
+        return await execute(request, incoming, lambda s: handler(order_id, if_match, s), ok, event)
 
     return Route(path, endpoint, methods=["POST"])
 
@@ -127,6 +135,7 @@ ROUTES: list[BaseRoute] = [
         tag="customers",
         summary="Create a customer",
         responses={201: CustomerView, 409: Problem},
+        event="customer.created",
     ),
     command(
         "/v1/customers/upsert",
@@ -136,6 +145,7 @@ ROUTES: list[BaseRoute] = [
         tag="customers",
         summary="Insert or update customers by email, in one statement",
         responses={200: UpsertResult},
+        event=None,
     ),
     command(
         "/v1/products",
@@ -145,12 +155,14 @@ ROUTES: list[BaseRoute] = [
         tag="products",
         summary="Create a product",
         responses={201: ProductView, 409: Problem},
+        event="product.created",
     ),
     product_change(
         "/v1/products/{id:id}/restock",
         Restock,
         handlers.restock_product,
         summary="Add stock to a product (409 past the stock limit)",
+        event="product.restocked",
         conflicts=True,
     ),
     product_change(
@@ -158,6 +170,7 @@ ROUTES: list[BaseRoute] = [
         Reprice,
         handlers.reprice_product,
         summary="Change a product's price (orders keep theirs)",
+        event="product.repriced",
     ),
     command(
         "/v1/orders",
@@ -167,13 +180,19 @@ ROUTES: list[BaseRoute] = [
         tag="orders",
         summary="Place an order, taking its stock",
         responses={201: OrderView, 404: Problem, 409: Problem},
+        event="order.placed",
     ),
     Route("/v1/orders/import", import_orders, methods=["POST"]),
-    transition("/v1/orders/{id:id}/pay", handlers.pay_order, summary="Pay an order (pending -> paid)"),
-    transition("/v1/orders/{id:id}/ship", handlers.ship_order, summary="Ship an order (paid -> shipped)"),
+    transition(
+        "/v1/orders/{id:id}/pay", handlers.pay_order, summary="Pay an order (pending -> paid)", event="order.paid"
+    ),
+    transition(
+        "/v1/orders/{id:id}/ship", handlers.ship_order, summary="Ship an order (paid -> shipped)", event="order.shipped"
+    ),
     transition(
         "/v1/orders/{id:id}/cancel",
         handlers.cancel_order,
         summary="Cancel an order (pending or paid), returning its stock",
+        event="order.cancelled",
     ),
 ]

@@ -22,7 +22,7 @@ from tests.support import AUTH, WRITE_TOKEN, running_client
 from tests.writes.support import assert_problem, new_customer, new_product, place
 from writes import idempotency
 from writes.db import WritePool
-from writes.side import open_write_side
+from writes.side import IDEMPOTENCY_PURGE, open_write_side
 
 
 async def test_a_retry_with_the_same_key_replays_the_stored_response_and_runs_nothing_twice(
@@ -191,7 +191,7 @@ async def test_the_write_pool_purges_expired_keys_while_open_and_stops_when_clos
         assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
     finally:
         await pool.close()
-    [purger] = pool.tasks
+    [purger] = [task for task in pool.tasks if task.get_name() == IDEMPOTENCY_PURGE]
     assert purger.done()
     await insert_expired_keys(db, ["after-close"])
     await asyncio.sleep(0.3)
@@ -201,7 +201,7 @@ async def test_the_write_pool_purges_expired_keys_while_open_and_stops_when_clos
 async def test_the_apps_write_pool_runs_the_purge_task_for_as_long_as_the_app_runs(settings: Settings) -> None:
     app = create_app(settings)
     async with running_client(app):
-        [purger] = write_pool(app).tasks
+        [purger] = [task for task in write_pool(app).tasks if task.get_name() == IDEMPOTENCY_PURGE]
         assert not purger.done()
     assert purger.done()
 

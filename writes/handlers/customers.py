@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import Boolean, Text, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -9,7 +11,10 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from shared.dto import CreateCustomer, CustomerView, UpsertCustomers, UpsertResult
 from shared.errors import EmailTaken
+from shared.http import ENCODER
+from writes import events
 from writes.db import add_unique
+from writes.events import NewEvent
 from writes.models import Customer
 
 
@@ -24,11 +29,25 @@ async def upsert_customers(command: UpsertCustomers, session: AsyncSession) -> U
     """Insert new emails, rename existing ones; a batch that names an email twice keeps the last name
     (PostgreSQL refuses to update one row twice in a statement, so duplicates are folded first)."""
     names = {customer.email.lower(): customer.name for customer in command.customers}
-    inserted = (await session.scalars(_upsert(list(names), list(names.values())))).all()
-    return UpsertResult(inserted=sum(inserted), updated=len(inserted) - sum(inserted))
+    rows = (await session.execute(_upsert(list(names), list(names.values())))).all()
+    await events.append(
+        session,
+        [
+            NewEvent(
+                "customer.created" if row.inserted else "customer.updated",
+                row.id,
+                ENCODER.encode(
+                    CustomerView(id=row.id, email=row.email, name=row.name, created_at=row.created_at)
+                ).decode(),
+            )
+            for row in rows
+        ],
+    )
+    inserted = sum(row.inserted for row in rows)
+    return UpsertResult(inserted=inserted, updated=len(rows) - inserted)
 
 
-def _upsert(emails: list[str], names: list[str]) -> ReturningInsert[bool]:
+def _upsert(emails: list[str], names: list[str]) -> ReturningInsert[int, str, str, datetime, bool]:
     # Two array parameters, whatever the batch size: one statement, no bind-parameter limit.
     batch = (
         func.unnest(bindparam("emails", emails, type_=ARRAY(Text)), bindparam("names", names, type_=ARRAY(Text)))
@@ -39,7 +58,13 @@ def _upsert(emails: list[str], names: list[str]) -> ReturningInsert[bool]:
     # xmax is 0 on a row version no transaction has touched since it was inserted: a fresh insert.
     return statement.on_conflict_do_update(
         index_elements=[Customer.email], set_={"name": statement.excluded.name}
-    ).returning(literal_column("xmax = 0", Boolean))
+    ).returning(
+        Customer.id,
+        Customer.email,
+        Customer.name,
+        Customer.created_at,
+        literal_column("xmax = 0", Boolean).label("inserted"),
+    )
 
 
 def customer_view(customer: Customer) -> CustomerView:

@@ -1,0 +1,285 @@
+"""GET /v1/events: the feed of committed changes, a page at a time, long-polled or streamed (SSE).
+
+Events carry their position in commit order (``writes.events``, migration 0007): every event at or
+below ``events_head.last`` that a snapshot can see is every event there will ever be at or below
+it. So a page read after position ``p`` is complete up to the head it read with it, and the next
+page starts where this one stopped: no event is skipped, whatever order transactions commit in.
+
+A client waiting for something new holds no connection: each process reads the head once a period
+(EVENTS_POLL_MS) for all its waiting clients (``HeadWatch``), and a waiting client asks again once
+the head moved past its position. Polling alone, so it works behind PgBouncer and on replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import get_args
+from weakref import WeakKeyDictionary
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from reads.balancing import Replicas, reader
+from reads.cursor import decode_cursor, encode_cursor
+from reads.db import Reader, ReadPool
+from reads.params import EventQuery, query_params
+from reads.queries import instant
+from reads.routes import ALWAYS, NO_STORE, TAG, authorize
+from shared.consistency import HEADER as CONSISTENCY_TOKEN
+from shared.dto import Event, EventPage, EventSubject, EventType, Problem, SubjectType
+from shared.errors import EventsPurged, InvalidInput, ServiceUnavailable
+from shared.http import ENCODER, MsgspecResponse
+from shared.metrics import EVENTS_WAITING
+from shared.openapi import operation
+from shared.sides import resources
+
+log = logging.getLogger("orders_api.events")
+
+EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
+# Sealed like a list cursor, to the feed as a whole: any event id resumes with any filter.
+FEED = "events"
+STREAM_MEDIA_TYPE = "text/event-stream"
+KEEP_ALIVE_SECONDS = 15.0  # the stream sends a comment at least this often
+STREAM_PAGE = 100
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    position: int
+    type: EventType
+    occurred_at: datetime
+    subject_type: SubjectType
+    subject_id: int
+    data: msgspec.Raw
+
+
+class Rows(msgspec.Struct, frozen=True):
+    head: int  # the last position given, as of this snapshot
+    purged: int  # the last position purged: a cursor before it is a 410
+    items: list[StoredEvent]
+
+
+def _page_sql(filtered: bool) -> str:
+    # Two texts, so that a generic plan is never asked to fold "no filter" away (see reads.queries.orders).
+    condition = "position > $1 AND type = ANY($3::text[])" if filtered else "position > $1 AND $3::text[] IS NULL"
+    return f"""
+        SELECT json_build_object(
+            'head', (SELECT last FROM events_head),
+            'purged', (SELECT purged_through FROM events_horizon),
+            'items', coalesce((
+                SELECT json_agg(json_build_object(
+                           'position', position, 'type', type, 'occurred_at', {instant("occurred_at")},
+                           'subject_type', subject_type, 'subject_id', subject_id, 'data', data
+                       ) ORDER BY position)
+                  FROM (SELECT * FROM events WHERE {condition} ORDER BY position LIMIT $2) AS page
+            ), '[]')
+        )::text
+    """  # noqa: S608 - composed of constants only; every value is a bound parameter
+
+
+PAGE = _page_sql(filtered=False)
+PAGE_OF_TYPES = _page_sql(filtered=True)
+HEAD = "SELECT last::text FROM events_head"
+
+
+class Page(msgspec.Struct, frozen=True):
+    """A page as the feed answers it, and the position it ends at."""
+
+    events: EventPage
+    position: int
+
+
+async def read_page(db: Reader, after: int | None, limit: int, types: list[str] | None) -> Page:
+    rows = await db.value(PAGE if types is None else PAGE_OF_TYPES, Rows, after or 0, limit, types)
+    start = rows.purged if after is None else after
+    if start < rows.purged:
+        raise EventsPurged(
+            f"events up to position {rows.purged} were purged (EVENTS_RETENTION); the oldest kept follows it:"
+            " resume without `after` to start there"
+        )
+    items = [s for s in rows.items if s.position > start]  # `after` absent: past the purged ones
+    # A short page saw every event up to the head (of its snapshot): the next one starts there.
+    end = items[-1].position if len(items) == limit else max(start, rows.head)
+    return Page(EventPage(items=[_event(stored) for stored in items], next_cursor=_cursor(end)), end)
+
+
+def _event(stored: StoredEvent) -> Event:
+    return Event(
+        id=_cursor(stored.position),
+        type=stored.type,
+        occurred_at=stored.occurred_at,
+        subject=EventSubject(type=stored.subject_type, id=stored.subject_id),
+        data=stored.data,
+    )
+
+
+def _cursor(position: int) -> str:
+    return encode_cursor(position, bound_to=FEED)
+
+
+def _position(cursor: str) -> int:
+    return decode_cursor(cursor, int, bound_to=FEED)
+
+
+def _types(given: str | None) -> list[str] | None:
+    if given is None:
+        return None
+    types = sorted(set(given.split(",")))
+    unknown = [type_ for type_ in types if type_ not in EVENT_TYPES]
+    if unknown:
+        raise InvalidInput(f"query parameter `types`: unknown event type {unknown[0]!r} - at $.types")
+    return types
+
+
+class HeadWatch:
+    """The feed's head as this process last read it, for the clients waiting on it.
+
+    One task reads it every ``period`` seconds while anyone waits, and wakes them all when it moves;
+    it ends when the last one stops waiting. It reads the primary's read pool: a client then asks
+    its own database (a replica, maybe), which may not have replayed so far yet, so a client that
+    finds nothing waits a period before asking again."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.head: int | None = None
+        self._moved = asyncio.Event()
+        self._waiting = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def wait_past(self, pool: ReadPool, position: int, seconds: float) -> None:
+        """Return once the head is past ``position``, or after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        self._waiting += 1
+        try:
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._watch(pool), name="orders-api events head")
+            while (self.head is None or self.head <= position) and (left := deadline - time.monotonic()) > 0:
+                moved = self._moved
+                try:
+                    await asyncio.wait_for(moved.wait(), left)
+                except TimeoutError:
+                    return
+        finally:
+            self._waiting -= 1
+
+    async def _watch(self, pool: ReadPool) -> None:
+        while self._waiting:
+            try:
+                head = await pool.value(HEAD, int, shed=False)
+            except ServiceUnavailable as exc:
+                log.warning("events: reading the feed's head failed: %s", exc)
+            else:
+                if head != self.head:
+                    self.head = head
+                    self._moved.set()
+                    self._moved = asyncio.Event()
+            await asyncio.sleep(self.period)
+
+
+# One watch per primary read pool: per process, and per app in the tests (which open several).
+_WATCHES: WeakKeyDictionary[ReadPool, HeadWatch] = WeakKeyDictionary()
+
+
+def head_watch(request: Request) -> tuple[HeadWatch, ReadPool]:
+    """This process's watch, on the primary's read pool (the first client to wait makes it)."""
+    pool = resources(request).pools["reads"]
+    primary = pool.primary if isinstance(pool, Replicas) else pool
+    assert isinstance(primary, ReadPool)
+    watch = _WATCHES.get(primary)
+    if watch is None:
+        watch = _WATCHES[primary] = HeadWatch(resources(request).settings.events_poll_ms / 1000)
+    return watch, primary
+
+
+@contextmanager
+def waiting(mode: str) -> Iterator[None]:
+    gauge = EVENTS_WAITING.labels(mode)
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
+
+
+@operation(
+    "Committed changes as events, oldest first: a page (long-polled with `wait`), or with"
+    " `Accept: text/event-stream` a stream of Server-Sent Events resumed from `Last-Event-ID`",
+    tag=TAG,
+    responses={200: EventPage, 410: Problem, 422: Problem, **ALWAYS},
+    query=EventQuery,
+    headers=(CONSISTENCY_TOKEN, "Last-Event-ID"),
+)
+async def list_events(request: Request) -> Response:
+    authorize(request)
+    query = query_params(request, EventQuery)
+    types = _types(query.types)
+    last_event_id = request.headers.get("last-event-id")
+    cursor = query.after if last_event_id is None else last_event_id
+    after = None if cursor is None else _position(cursor)
+
+    async def ask(after: int | None) -> Page:
+        return await read_page(await reader(request), after, query.limit, types)
+
+    # The first page is read before any byte is sent: a bad or purged cursor, an exhausted pool, are
+    # still proper problems.
+    first = await ask(after)
+    if STREAM_MEDIA_TYPE in request.headers.get("accept", ""):
+        settings = resources(request).settings
+        stream = _stream(request, first, ask, settings.events_stream_seconds)
+        return StreamingResponse(stream, media_type=STREAM_MEDIA_TYPE, headers={**NO_STORE, "X-Accel-Buffering": "no"})
+    page = first
+    if not page.events.items and query.wait:
+        deadline = time.monotonic() + query.wait
+        watch, primary = head_watch(request)
+        with waiting("long-poll"):
+            while not page.events.items and (left := deadline - time.monotonic()) > 0:
+                await watch.wait_past(primary, page.position, left)
+                page = await ask(page.position)
+                if not page.events.items:
+                    await asyncio.sleep(min(watch.period, max(0.0, deadline - time.monotonic())))
+    return MsgspecResponse(page.events, headers=NO_STORE)
+
+
+async def _stream(
+    request: Request, first: Page, ask: Callable[[int | None], Awaitable[Page]], seconds: int
+) -> AsyncIterator[bytes]:
+    """Server-Sent Events: each event with its id and type, a comment while nothing happens, and an
+    end after ``seconds`` (the client reconnects with Last-Event-ID). A database failure ends it
+    the same way: the client resumes where it stopped."""
+    deadline = time.monotonic() + seconds
+    watch, primary = head_watch(request)
+    page = first
+    with waiting("stream"):
+        yield b"retry: 1000\n\n"
+        while True:
+            if page.events.items:
+                yield b"".join(_sse(event) for event in page.events.items)
+            elif (left := deadline - time.monotonic()) <= 0:
+                return
+            else:
+                await watch.wait_past(primary, page.position, min(KEEP_ALIVE_SECONDS, left))
+                if watch.head is None or watch.head <= page.position:
+                    yield b": keep-alive\n\n"
+            if deadline - time.monotonic() <= 0:
+                return
+            try:
+                page = await ask(page.position)
+            except ServiceUnavailable as exc:
+                log.warning("events: a stream ended early: %s", exc)
+                return
+            if not page.events.items:
+                await asyncio.sleep(watch.period)
+
+
+def _sse(event: Event) -> bytes:
+    # JSON holds no raw newline, so the event is one data: line.
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), event.type.encode(), ENCODER.encode(event))
+
+
+ROUTES: list[BaseRoute] = [Route("/v1/events", list_events, methods=["GET"])]

@@ -1,0 +1,252 @@
+"""The event feed: what commands append, and GET /v1/events as pages, long-polls and cursors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy import text
+
+from service.schema import head_revision
+from shared.config import Settings
+from shared.dto import OrderLine, PlaceOrder
+from shared.http import ENCODER
+from tests.reads.factories import Shop
+from tests.support import AUTH
+from writes import events
+from writes.events import NewEvent
+from writes.handlers.orders import place_order
+from writes.side import open_write_side
+
+
+async def feed(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
+    response = await client.get("/v1/events", params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def all_events(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        page = await feed(client, **params, **({} if after is None else {"after": after}))
+        found += page["items"]
+        if not page["items"]:
+            return found
+        after = page["next_cursor"]
+
+
+async def test_each_command_appends_one_event_whose_data_is_its_answer(client: httpx.AsyncClient, shop: Shop) -> None:
+    customer = await shop.customer()
+    product = await shop.product()
+    restocked = await shop._command(f"/v1/products/{product['id']}/restock", {"quantity": 5})
+    repriced = await shop.reprice(product["id"], 999)
+    order = await shop.order(customer["id"], [(product["id"], 2)])
+    paid = await shop.pay(order["id"])
+    shipped = await shop.ship(order["id"])
+    second = await shop.order(customer["id"], [(product["id"], 1)])
+    cancelled = await shop.cancel(second["id"])
+
+    found = await all_events(client)
+    assert [(e["type"], e["subject"], e["data"]) for e in found] == [
+        ("customer.created", {"type": "customer", "id": customer["id"]}, customer),
+        ("product.created", {"type": "product", "id": product["id"]}, product),
+        ("product.restocked", {"type": "product", "id": product["id"]}, restocked),
+        ("product.repriced", {"type": "product", "id": product["id"]}, repriced),
+        ("order.placed", {"type": "order", "id": order["id"]}, order),
+        ("order.paid", {"type": "order", "id": order["id"]}, paid),
+        ("order.shipped", {"type": "order", "id": order["id"]}, shipped),
+        ("order.placed", {"type": "order", "id": second["id"]}, second),
+        ("order.cancelled", {"type": "order", "id": second["id"]}, cancelled),
+    ]
+    assert len({e["id"] for e in found}) == len(found)
+    assert all(e["occurred_at"].endswith("Z") for e in found)
+    # The data is what the query side returns for the resource now (the last event of each).
+    assert (await client.get(f"/v1/orders/{second['id']}")).json() == found[-1]["data"]
+
+
+async def test_refused_commands_and_replays_append_nothing(client: httpx.AsyncClient, shop: Shop) -> None:
+    customer = await shop.customer()
+    product = await shop.product(stock=1)
+    key = {**AUTH, "Idempotency-Key": "order-1"}
+    body = {"customer_id": customer["id"], "items": [{"product_id": product["id"], "quantity": 1}]}
+    first = await client.post("/v1/orders", json=body, headers=key)
+    replay = await client.post("/v1/orders", json=body, headers=key)
+    assert (first.status_code, replay.status_code, replay.headers["idempotent-replayed"]) == (201, 201, "true")
+    short = await client.post("/v1/orders", json=body, headers=AUTH)
+    assert short.status_code == 409
+    taken = await client.post("/v1/customers", json={"email": customer["email"], "name": "X"}, headers=AUTH)
+    assert taken.status_code == 409
+    unpaid = await client.post(f"/v1/orders/{first.json()['id']}/ship", headers=AUTH)
+    assert unpaid.status_code == 409
+    assert [e["type"] for e in await all_events(client)] == ["customer.created", "product.created", "order.placed"]
+
+
+async def test_an_upsert_and_an_import_append_an_event_per_resource(client: httpx.AsyncClient, shop: Shop) -> None:
+    kept = await shop.customer(email="kept@example.com")
+    product = await shop.product()
+    upsert = {
+        "customers": [{"email": "kept@example.com", "name": "Renamed"}, {"email": "new@example.com", "name": "N"}]
+    }
+    assert (await client.post("/v1/customers/upsert", json=upsert, headers=AUTH)).json() == {
+        "inserted": 1,
+        "updated": 1,
+    }
+    lines = [
+        {"customer_id": kept["id"], "status": status, "created_at": "2026-01-02T03:04:05+02:00",
+         "items": [{"product_id": product["id"], "quantity": 2, "unit_price_cents": 150}]}
+        for status in ("paid", "shipped")
+    ]  # fmt: skip
+    ndjson = "".join(json.dumps(line) + "\n" for line in lines)
+    imported = await client.post(
+        "/v1/orders/import", content=ndjson, headers={**AUTH, "Content-Type": "application/x-ndjson"}
+    )
+    assert imported.json() == {"imported": 2}
+
+    found = await all_events(client)
+    by_email = {e["data"]["email"]: (e["type"], e["data"]) for e in found[2:4]}
+    assert by_email["kept@example.com"] == ("customer.updated", {**kept, "name": "Renamed"})
+    assert by_email["new@example.com"][0] == "customer.created"
+    orders = found[4:]
+    assert [e["type"] for e in orders] == ["order.imported", "order.imported"]
+    for event in orders:
+        # Field by field what the query side answers, timestamps in UTC included.
+        assert event["data"] == (await client.get(f"/v1/orders/{event['subject']['id']}")).json()
+        assert event["data"]["created_at"] == "2026-01-02T01:04:05Z"
+
+
+async def test_pages_resume_from_their_cursor_and_filter_by_type(client: httpx.AsyncClient, shop: Shop) -> None:
+    customer = await shop.customer()
+    product = await shop.product(stock=100)
+    orders = [await shop.order(customer["id"], [(product["id"], 1)]) for _ in range(5)]
+    for order in orders[:3]:
+        await shop.pay(order["id"])
+
+    first = await feed(client, limit=3)
+    assert [e["type"] for e in first["items"]] == ["customer.created", "product.created", "order.placed"]
+    rest = await feed(client, after=first["next_cursor"], limit=100)
+    assert len(rest["items"]) == 4 + 3
+    # A short page ends at the head: asking again from it finds nothing, and the same cursor back.
+    assert await feed(client, after=rest["next_cursor"]) == {"items": [], "next_cursor": rest["next_cursor"]}
+    # Any event id resumes after that event.
+    assert (await feed(client, after=first["items"][1]["id"], limit=1))["items"][0]["type"] == "order.placed"
+
+    paid = await all_events(client, types="order.paid")
+    assert [e["subject"]["id"] for e in paid] == [order["id"] for order in orders[:3]]
+    both = await feed(client, types="order.paid,customer.created")
+    assert [e["type"] for e in both["items"]] == ["customer.created", "order.paid", "order.paid", "order.paid"]
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "problem"),
+    [
+        ({"after": "not-a-cursor"}, 400, "/problems/bad-cursor"),
+        ({"types": "order.lost"}, 422, "/problems/invalid-input"),
+        ({"limit": "1001"}, 422, "/problems/invalid-input"),
+        ({"wait": "31"}, 422, "/problems/invalid-input"),
+    ],
+)
+async def test_bad_parameters_are_problems(
+    client: httpx.AsyncClient, params: dict[str, str], status: int, problem: str
+) -> None:
+    response = await client.get("/v1/events", params=params)
+    assert (response.status_code, response.json()["type"]) == (status, problem)
+
+
+async def test_a_tampered_cursor_is_a_400(client: httpx.AsyncClient, shop: Shop) -> None:
+    await shop.customer()
+    cursor = (await feed(client))["next_cursor"]
+    tampered = cursor[:-2] + ("AA" if cursor[-2:] != "AA" else "BB")
+    response = await client.get("/v1/events", params={"after": tampered})
+    assert response.status_code == 400
+
+
+async def test_a_cursor_before_the_purged_events_is_a_410(
+    client: httpx.AsyncClient, shop: Shop, settings: Settings, db: asyncpg.Connection
+) -> None:
+    await shop.customer(email="old@example.com")
+    start = (await feed(client, limit=1))["items"][0]["id"]
+    await shop.customer(email="older@example.com")
+    await shop.customer(email="new@example.com")
+    # The first two are past the retention; the purge stops at the first one still kept.
+    await db.execute("UPDATE events SET occurred_at = now() - interval '8 days' WHERE position <= 2")
+    pool = await open_write_side(settings, head_revision())
+    try:
+        assert await events.purge_round(pool) == 2
+    finally:
+        await pool.close()
+    gone = await client.get("/v1/events", params={"after": start})
+    assert gone.status_code == 410
+    assert "position 2" in gone.json()["detail"]
+    kept = await feed(client)
+    assert [e["data"]["email"] for e in kept["items"]] == ["new@example.com"]
+
+
+async def test_a_long_poll_answers_when_an_event_arrives(client: httpx.AsyncClient, shop: Shop) -> None:
+    await shop.customer()
+    head = (await feed(client))["next_cursor"]
+    # Nothing new within the wait: an empty page, at the same position.
+    assert await feed(client, after=head, wait=1) == {"items": [], "next_cursor": head}
+    waiting = asyncio.create_task(feed(client, after=head, wait=20))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    product = await shop.product()
+    page = await asyncio.wait_for(waiting, 10)
+    assert [(e["type"], e["data"]) for e in page["items"]] == [("product.created", product)]
+
+
+async def test_an_event_appended_by_a_transaction_that_commits_late_is_not_skipped(
+    client: httpx.AsyncClient, shop: Shop, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The gap a feed of ``WHERE id > last`` has: an event inserted first but committed last."""
+    customer = await shop.customer()
+    product = await shop.product(stock=10)
+    seen = (await feed(client))["next_cursor"]
+    appended, release = asyncio.Event(), asyncio.Event()
+    inserted: list[int] = []  # the held event's row id, as its transaction sees it
+
+    async def slow_order(session: Any) -> int:
+        # What POST /v1/orders runs (the handler, then the pipeline's append), held open after it.
+        command = PlaceOrder(customer_id=customer["id"], items=[OrderLine(product_id=product["id"], quantity=1)])
+        view = await place_order(command, session)
+        await events.append(session, [NewEvent("order.placed", view.id, ENCODER.encode(view).decode())])
+        inserted.append(await session.scalar(text("SELECT id FROM events WHERE position IS NULL")))
+        appended.set()
+        await release.wait()
+        return view.id
+
+    pool = await open_write_side(settings, head_revision())
+    try:
+        held = asyncio.create_task(pool.run(slow_order))
+        await asyncio.wait_for(appended.wait(), 10)
+        later = [await shop.customer(email=f"later{n}@example.com") for n in range(3)]
+        page = await feed(client, after=seen)
+        assert [e["data"] for e in page["items"]] == later
+        # Inserted before them: a reader of WHERE id > last that had read them would never return it.
+        later_ids = await db.fetchval("SELECT array_agg(id) FROM events WHERE type = 'customer.created' AND id > 1")
+        assert inserted[0] < min(later_ids)
+        release.set()
+        order_id = await asyncio.wait_for(held, 10)
+    finally:
+        release.set()
+        await pool.close()
+    after_it = await feed(client, after=page["next_cursor"])
+    assert [(e["type"], e["subject"]["id"]) for e in after_it["items"]] == [("order.placed", order_id)]
+
+
+async def test_metrics_count_the_appended_events(client: httpx.AsyncClient, shop: Shop) -> None:
+    def appended(text: str, type_: str) -> float:
+        prefix = f'events_appended_total{{type="{type_}"}} '
+        return next((float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+    before = appended((await client.get("/metrics")).text, "customer.created")
+    await shop.customer()
+    after = (await client.get("/metrics")).text
+    assert appended(after, "customer.created") == before + 1
+    assert "events_waiting" in after
+    assert "events_oldest_age_seconds" in after
