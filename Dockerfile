@@ -8,7 +8,9 @@ COPY shared ./shared
 COPY writes ./writes
 COPY reads ./reads
 COPY migrations ./migrations
-RUN pip install . && useradd --system --no-create-home orders
+# With the otel extra: tracing is then a matter of OTEL_* variables (docs/operating.md,
+# "Tracing"); unset, nothing of it is imported.
+RUN pip install ".[otel]" && useradd --system --no-create-home orders
 USER orders
 
 EXPOSE 8000

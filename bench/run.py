@@ -17,7 +17,7 @@ from bench import report
 from bench.core import FULL, SCENARIOS, SMOKE, Context, Measurement
 from bench.database import scratch_database, seed
 from bench.profile import Profile, require_py_spy
-from bench.scenarios import bulk, http_reads, isolation, query_layer, replicas, stats, write_floor, writes
+from bench.scenarios import bulk, events, http_reads, isolation, query_layer, replicas, stats, write_floor, writes
 from bench.servers import SERVICE_SETTINGS
 from bench.wrk import require_wrk
 from shared.config import Settings
@@ -65,6 +65,9 @@ def run_scenarios(
         elif name == "writes":
             found, profiles[name] = writes.run(ctx)
             measurements += found
+        elif name == "events":
+            found, profiles[name] = events.run(ctx)
+            measurements += found
         else:
             scenario = {
                 "isolation": isolation.run,
@@ -95,8 +98,8 @@ def introduction(ctx: Context, seeded_in: float, took: float, smoke: bool) -> li
         "",
         f"- Data: {s.customers} customers, {s.products} products, {s.orders} orders (1-4 items each, 90 days).",
         f"- Each load run lasts {s.seconds:g} s; contenders take turns, {s.rounds} round(s); rates pool the rounds"
-        " (write-floor: the median round's rate), p50 is the median round's, p99 the worst round's. Absolute"
-        " numbers are noisy here; read the ratios.",
+        " (write-floor and the events' outbox: the median round's rate), p50 is the median round's, p99 the"
+        " worst round's. Absolute numbers are noisy here; read the ratios.",
         "- Load runs on the same machine as the servers and PostgreSQL: wrk (2 threads) for reads and for the"
         " commands measured against the write floor, `bench/load.py` (httpx, one connection per client) for the"
         " other commands.",

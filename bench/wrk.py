@@ -53,6 +53,7 @@ class CommandLoad:
     customers: int = 1  # place: random customers 1..customers and products 1..products
     products: int = 1
     ids: Path | None = None  # pay: the file of order ids, one a line, each paid once
+    prefix: str = ""  # before both paths: the write floor serves its outbox variant under /outbox
 
     def environment(self, threads: int) -> dict[str, str]:
         return {
@@ -66,6 +67,7 @@ class CommandLoad:
             "BENCH_PRODUCTS": str(self.products),
             "BENCH_IDS": str(self.ids or ""),
             "BENCH_THREADS": str(threads),
+            "BENCH_PREFIX": self.prefix,
         }
 
 

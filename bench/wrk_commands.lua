@@ -3,12 +3,14 @@
 -- random products in 1..BENCH_PRODUCTS, one unit each.
 -- BENCH_COMMAND=pay: POST /v1/orders/{id}/pay for each id of the file BENCH_IDS once: thread i of
 -- BENCH_THREADS takes lines i, i + BENCH_THREADS, ...; past its share it asks for order 0 (a 404).
+-- BENCH_PREFIX goes before both paths (the write floor's /outbox variant), empty by default.
 -- BENCH_KEYED=1 sends a new Idempotency-Key with every request, unique to this run (BENCH_RUN).
 local command = os.getenv("BENCH_COMMAND")
 local customers = tonumber(os.getenv("BENCH_CUSTOMERS") or "1")
 local products = tonumber(os.getenv("BENCH_PRODUCTS") or "1")
 local keyed = os.getenv("BENCH_KEYED") == "1"
 local run = os.getenv("BENCH_RUN") or ""
+local prefix = os.getenv("BENCH_PREFIX") or ""
 local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")}
 local threads = 0
 local sent = 0
@@ -53,9 +55,9 @@ function request()
     headers["Idempotency-Key"] = string.format("%s-%d-%d", run, index, sent)
   end
   if command == "pay" then
-    return wrk.format("POST", "/v1/orders/" .. (ids[sent] or "0") .. "/pay", headers, "")
+    return wrk.format("POST", prefix .. "/v1/orders/" .. (ids[sent] or "0") .. "/pay", headers, "")
   end
-  return wrk.format("POST", "/v1/orders", headers, order())
+  return wrk.format("POST", prefix .. "/v1/orders", headers, order())
 end
 
 dofile(os.getenv("BENCH_SUMMARY"))

@@ -257,15 +257,20 @@ async def _stream(
     page = first
     with waiting("stream"):
         yield b"retry: 1000\n\n"
+        sent = time.monotonic()  # when the client last heard from us: a comment follows 15 s of silence
         while True:
             if page.events.items:
                 yield b"".join(_sse(event) for event in page.events.items)
+                sent = time.monotonic()
             elif (left := deadline - time.monotonic()) <= 0:
                 return
             else:
-                await watch.wait_past(primary, page.position, min(KEEP_ALIVE_SECONDS, left))
-                if watch.head is None or watch.head <= page.position:
-                    yield b": keep-alive\n\n"
+                quiet = max(0.0, KEEP_ALIVE_SECONDS - (time.monotonic() - sent))
+                await watch.wait_past(primary, page.position, min(quiet, left))
+            # Also while a replica is behind the head: it is then asked every period and finds nothing.
+            if time.monotonic() - sent >= KEEP_ALIVE_SECONDS:
+                yield b": keep-alive\n\n"
+                sent = time.monotonic()
             if deadline - time.monotonic() <= 0:
                 return
             try:

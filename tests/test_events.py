@@ -8,15 +8,18 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 from sqlalchemy import text
 
+import reads.events
+from service.app import create_app
 from service.schema import head_revision
 from shared.config import Settings
 from shared.dto import OrderLine, PlaceOrder
 from shared.http import ENCODER
 from tests.reads.factories import Shop
-from tests.support import AUTH
+from tests.support import AUTH, serving
 from writes import events
 from writes.events import NewEvent
 from writes.handlers.orders import place_order
@@ -250,3 +253,23 @@ async def test_metrics_count_the_appended_events(client: httpx.AsyncClient, shop
     assert appended(after, "customer.created") == before + 1
     assert "events_waiting" in after
     assert "events_oldest_age_seconds" in after
+
+
+async def test_a_quiet_stream_sends_keep_alive_comments_and_ends_after_its_time(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reads.events, "KEEP_ALIVE_SECONDS", 0.2)
+    app = create_app(msgspec.structs.replace(settings, events_stream_seconds=1))
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        started = asyncio.get_running_loop().time()
+        async with http.stream("GET", "/v1/events", headers={"Accept": "text/event-stream"}) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines = [line async for line in response.aiter_lines()]
+        took = asyncio.get_running_loop().time() - started
+    assert lines[0] == "retry: 1000"
+    # Nothing happened: comments only, at least one each 0.2 s of the stream's 1 s, then its end.
+    assert [line for line in lines if line and line != "retry: 1000"] == [": keep-alive"] * len(
+        [line for line in lines if line.startswith(":")]
+    )
+    assert len([line for line in lines if line.startswith(":")]) >= 3
+    assert took < 10

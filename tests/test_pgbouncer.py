@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
@@ -31,7 +32,8 @@ from shared.config import Settings
 from shared.roles import READ_ROLE, WRITE_ROLE
 from testkit.processes import free_port
 from tests.processes import serve_env, serving_process, wait_ready
-from tests.support import AUTH, WRITE_TOKEN, running_client
+from tests.support import AUTH, WRITE_TOKEN, running_client, serving
+from tests.test_events_live import clients_waiting, event_stream, next_event
 
 PGBOUNCER = shutil.which("pgbouncer") or next(
     (path for path in ("/usr/sbin/pgbouncer",) if os.access(path, os.X_OK)), None
@@ -264,3 +266,36 @@ def test_serve_refuses_to_start_when_the_roles_do_not_hold_its_settings(
     output = log.read_text()
     assert "statement_timeout is '300', expected '999'" in output, output
     assert "orders-api roles" in output
+
+
+async def test_commands_and_the_event_feed_work_through_pgbouncer(pgbouncer: Bouncer) -> None:
+    """A page, a long-poll woken by a command and a stream that receives one, over a real socket: the
+    feed's queries and the head watch need nothing of a session across transactions."""
+    served = create_app(msgspec.structs.replace(pgbouncer.settings(), events_stream_seconds=30))
+    async with asyncio.timeout(60), serving(served) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        customer = await http.post("/v1/customers", json={"email": "feed@example.com", "name": "F"}, headers=AUTH)
+        assert customer.status_code == 201, customer.text
+        page = await http.get("/v1/events")
+        assert page.status_code == 200, page.text
+        assert [(e["type"], e["data"]) for e in page.json()["items"]] == [("customer.created", customer.json())]
+
+        polling = asyncio.create_task(http.get("/v1/events", params={"after": page.json()["next_cursor"], "wait": 20}))
+        await clients_waiting(http, "long-poll", 1)
+        product = {"sku": "FEED-1", "name": "Mug", "price_cents": 500, "stock": 9}
+        created = await http.post("/v1/products", json=product, headers=AUTH)
+        woken = await polling
+        assert [(e["type"], e["data"]) for e in woken.json()["items"]] == [("product.created", created.json())]
+
+        async with event_stream(http, woken.json()["next_cursor"]) as lines:
+            await clients_waiting(http, "stream", 1)
+            body = {
+                "customer_id": customer.json()["id"],
+                "items": [{"product_id": created.json()["id"], "quantity": 1}],
+            }
+            placed = await http.post("/v1/orders", json=body, headers=AUTH)
+            assert placed.status_code == 201, placed.text
+            streamed = await next_event(lines)
+    assert streamed is not None, "the stream ended without the order's event"
+    assert (streamed["type"], streamed["data"]) == ("order.placed", placed.json())
+    logs = pgbouncer.log.read_text()
+    assert not [line for line in logs.splitlines() if any(error in line for error in POOLING_ERRORS)]

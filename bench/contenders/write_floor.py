@@ -16,6 +16,11 @@ place, 200 for a pay. Errors are a short JSON ``detail`` with the service's stat
 
 Like the read floor's, the pool keeps asyncpg's defaults: its reset on release is a round trip the
 service's pool does not make, and part of what is compared.
+
+Under ``/outbox`` (``/outbox/v1/orders``, ``/outbox/v1/orders/{id}/pay``) the same two commands also
+append their event as the service does: its statement (``writes.events.APPEND``), the order view
+as the data, on the same connection in the same transaction, so that migration 0007's trigger
+positions it at commit. The two paths side by side are what the outbox costs a command.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from reads.queries.orders import ORDER_BY_ID
 from shared.config import Settings
 from shared.dto import PlaceOrder
 from writes import readmodels
+from writes.events import APPEND
 
 ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()
 
@@ -118,9 +124,23 @@ class WriteFloor:
         return [
             Route("/v1/orders", self.place_order, methods=["POST"]),
             Route("/v1/orders/{id:int}/pay", self.pay_order, methods=["POST"]),
+            Route("/outbox/v1/orders", self.place_order_with_event, methods=["POST"]),
+            Route("/outbox/v1/orders/{id:int}/pay", self.pay_order_with_event, methods=["POST"]),
         ]
 
     async def place_order(self, request: Request) -> Response:
+        return await self.placing(request, outbox=False)
+
+    async def place_order_with_event(self, request: Request) -> Response:
+        return await self.placing(request, outbox=True)
+
+    async def pay_order(self, request: Request) -> Response:
+        return await self.paying(request, outbox=False)
+
+    async def pay_order_with_event(self, request: Request) -> Response:
+        return await self.paying(request, outbox=True)
+
+    async def placing(self, request: Request, *, outbox: bool) -> Response:
         try:
             command = PLACE_ORDER.decode(await request.body())
             if len({line.product_id for line in command.items}) != len(command.items):
@@ -128,6 +148,8 @@ class WriteFloor:
             async with self.pool.acquire() as connection, connection.transaction():
                 order_id = await place(connection, command)
                 view: str = await connection.fetchval(ORDER_BY_ID, order_id)
+                if outbox:
+                    await append(connection, "order.placed", order_id, view)
         except msgspec.ValidationError as exc:
             return refusal(422, str(exc))
         except msgspec.DecodeError as exc:
@@ -136,12 +158,14 @@ class WriteFloor:
             return refusal(exc.status, str(exc))
         return json_response(view, 201, {"Location": f"/v1/orders/{order_id}"})
 
-    async def pay_order(self, request: Request) -> Response:
+    async def paying(self, request: Request, *, outbox: bool) -> Response:
         order_id: int = request.path_params["id"]
         try:
             async with self.pool.acquire() as connection, connection.transaction():
                 await pay(connection, order_id, self.settings.read_model_stripes)
                 view: str = await connection.fetchval(ORDER_BY_ID, order_id)
+                if outbox:
+                    await append(connection, "order.paid", order_id, view)
         except Refused as exc:
             return refusal(exc.status, str(exc))
         return json_response(view, 200)
@@ -186,3 +210,8 @@ async def pay(connection: asyncpg.Connection, order_id: int, stripes: int) -> No
         "stripes": stripes,
     }
     await connection.execute(RECORD, *(values[name] for name in RECORD_PARAMETERS))
+
+
+async def append(connection: asyncpg.Connection, type_: str, subject_id: int, view: str) -> None:
+    """One event, by the service's statement; its position comes at commit (migration 0007's trigger)."""
+    await connection.execute(APPEND, [type_], [subject_id], [view])

@@ -30,7 +30,7 @@ from shared.consistency import HEADER, encode_token
 from testkit.processes import free_port
 from tests.reads.test_export import insert_orders
 from tests.replica import Standby
-from tests.support import AUTH, WRITE_TOKEN, eventually, running_client
+from tests.support import AUTH, WRITE_TOKEN, eventually, running_client, serving
 from tests.test_metrics import Scrape, scrape
 
 DELAY_MS = 1500  # the standby's recovery_min_apply_delay while a test needs it behind
@@ -552,3 +552,33 @@ def test_lag_is_how_long_ago_the_primary_stood_where_the_replica_stands() -> Non
     assert lag(history, 5, 600.0, 100.7, PAGE) == 600.0
     assert lag(history, 5, 0.1, 100.7, PAGE) == pytest.approx(0.7)
     assert lag([], 5, 0.1, 100.7, PAGE) == 0.1
+
+
+# --- the event feed ------------------------------------------------------------------------------------
+
+
+async def test_the_event_feed_is_read_from_the_replica_and_with_a_commands_token_shows_its_event_at_once(
+    database_url: str, delayed: Standby
+) -> None:
+    settings = replica_settings(database_url, replica_url(delayed, database_url))
+    async with asyncio.timeout(60), serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+        created = await command(client, "/v1/customers", {"email": f"feed{next(_serial)}@example.com", "name": "A"})
+        stale = await client.get("/v1/events")  # the replica, 1.5 s behind
+        own = await client.get("/v1/events", headers=with_token(created))
+
+        async def replayed() -> bool:
+            return bool((await client.get("/v1/events")).json()["items"])
+
+        await until(replayed, within=DELAY_MS / 1000 + 10)
+        before = await scrape(client)
+        from_replica = await client.get("/v1/events")
+        after = await scrape(client)
+        # A long-poll without a token: woken by the primary's head, answered once the replica has the event.
+        second = await command(client, "/v1/customers", {"email": f"feed{next(_serial)}@example.com", "name": "B"})
+        polled = await client.get("/v1/events", params={"after": own.json()["next_cursor"], "wait": 20}, timeout=30)
+
+    assert stale.json()["items"] == [], "the replica had not replayed the event yet: the token does the work"
+    assert [(e["type"], e["data"]) for e in own.json()["items"]] == [("customer.created", created.json())]
+    assert from_replica.json() == own.json()
+    assert routed(after, "replica") == routed(before, "replica") + 1
+    assert [(e["type"], e["data"]) for e in polled.json()["items"]] == [("customer.created", second.json())]
