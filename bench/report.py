@@ -65,21 +65,22 @@ def targets(ms: list[Measurement], pool_size: int) -> list[Target]:
 
 
 def outbox_targets(ms: list[Measurement]) -> list[Target]:
-    """The event feed's: appending a command's event (on the write floor, the service's statement in
-    the same transaction) costs place order and pay at most 10 % of their throughput."""
+    """The event feed's: appending a command's event costs place order and pay at most 10 % of their
+    throughput. In the service (against itself with appending taken out), and on the write floor
+    (the service's statement in the floor's transaction: the database's side alone)."""
     found = []
     for command, case in (("place", "POST /v1/orders · 8 clients"), ("pay", "POST /v1/orders/{id}/pay · 8 clients")):
-        floor = find(ms, "events", case, "write floor").rate
-        outbox = find(ms, "events", case, "write floor + outbox").rate
-        ratio = outbox / floor if floor else 0.0
-        found.append(
-            Target(
-                f"outbox cost on {command} (write floor + outbox ÷ write floor)",
-                "≤ 10 %",
-                f"{(1 - ratio) * 100:.1f} % ({ratio:.2f}×)",
-                ratio >= 0.90,
+        for with_it, without in (("service", "service without its outbox"), ("write floor + outbox", "write floor")):
+            base = find(ms, "events", case, without).rate
+            ratio = find(ms, "events", case, with_it).rate / base if base else 0.0
+            found.append(
+                Target(
+                    f"outbox cost on {command} ({with_it} ÷ {without})",
+                    "≤ 10 %",
+                    f"{(1 - ratio) * 100:.1f} % ({ratio:.2f}×)",
+                    ratio >= 0.90,
+                )
             )
-        )
     return found
 
 
@@ -155,6 +156,8 @@ def speed_targets(ms: list[Measurement], pool_size: int) -> list[Target]:
     crowd = find(ms, "writes", "no key", "200 clients")
     found.append(limit_target("200 writers: accepted p99", 250, crowd.p99_ms, "ms"))
     found.append(limit_target("200 writers: rejected p99", 20, crowd.extra.get("rejected_p99_ms", 0.0), "ms"))
+    inside = crowd.extra.get("rejected_in_server_p99_ms", 0.0)
+    found.append(limit_target("200 writers: rejected p99 inside the server", 5, inside, "ms"))
     found.append(
         ratio_target(
             "200 writers: accepted throughput ÷ at pool concurrency",
@@ -163,7 +166,8 @@ def speed_targets(ms: list[Measurement], pool_size: int) -> list[Target]:
             find(ms, "writes", "no key", f"{pool_size} clients").rate,
         )
     )
-    for setup, bound in (("one process", 1.5), ("--role split", 1.2)):
+    # Issue 10's bounds, and issue 20's for one process (where the writes share the reads' event loop).
+    for setup, bound in (("one process", 1.5), ("one process", 3.0), ("--role split", 1.2)):
         alone = find(ms, "isolation", "reads alone", setup).p99_ms
         loaded = find(ms, "isolation", "reads under write saturation", setup).p99_ms
         value = loaded / alone if alone else 0.0

@@ -44,8 +44,8 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def service_command(port: int, workers: int, role: str = "all") -> list[str]:
-    serve = ["-m", "service", "serve", "--role", role]
+def service_command(port: int, workers: int, role: str = "all", module: str = "service") -> list[str]:
+    serve = ["-m", module, "serve", "--role", role]
     return [sys.executable, *serve, *where(port, workers)]
 
 
@@ -99,11 +99,14 @@ def wait_ready(server: Server, path: str, log: Path) -> None:
 
 
 @contextmanager
-def serve_service(ctx: Context, workers: int, role: str = "all", **settings: str) -> Iterator[Server]:
-    """The service as an operator runs it, with ``SERVICE_SETTINGS`` and ``settings`` over its defaults."""
-    name = "service" if role == "all" else f"service ({role})"
+def serve_service(
+    ctx: Context, workers: int, role: str = "all", *, module: str = "service", name: str | None = None, **settings: str
+) -> Iterator[Server]:
+    """The service as an operator runs it, with ``SERVICE_SETTINGS`` and ``settings`` over its defaults.
+    ``module`` is what ``python -m`` runs: the service, or a contender that changes one thing in it."""
+    name = name or ("service" if role == "all" else f"service ({role})")
     ready = "/readyz"
-    command = service_command(free_port(), workers, role)
+    command = service_command(free_port(), workers, role, module)
     with running(name, command, environment(ctx, **settings), ctx.scratch / f"{name}.log", ready) as server:
         yield server
 

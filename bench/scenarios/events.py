@@ -1,11 +1,13 @@
 """The outbox and the event feed (``writes.events``, ``reads.events``), in one run:
 
-1. **What appending costs a command.** The service always appends, so it is measured on the write
-   floor (``bench.contenders.write_floor``): place order and pay as they are, and under ``/outbox``
-   with the service's own append statement in the same transaction, from ``CLIENTS`` wrk clients,
-   taking turns (which goes first alternates), ``OUTBOX_ROUNDS`` rounds; each its median round's
-   rate. After each run the stock adds up, and the feed's head moved by one event per command
-   acknowledged (none for the plain floor). Where the database's busy connections wait meanwhile
+1. **What appending costs a command**, where it is paid: the service as shipped against the same
+   service with ``writes.events.append`` doing nothing (``bench.contenders.no_outbox``), and, for
+   the database's side alone, on the write floor (``bench.contenders.write_floor``): place order
+   and pay as they are, and under ``/outbox`` with the service's own append statement in the same
+   transaction. From ``CLIENTS`` wrk clients, each pair taking turns (which goes first
+   alternates), ``OUTBOX_ROUNDS`` rounds; each its median round's rate. After each run the stock
+   adds up, and the feed's head moved by one event per command acknowledged (none without the
+   outbox). Where the database's busy connections wait meanwhile
    (``bench.scenarios.waits``) tells the outbox's statement from its commits queueing on the head
    row. Beside it, py-spy's share of the service's CPU spent in ``writes.events.append`` while wrk
    places orders.
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.contenders import CONTENDERS
 from bench.core import SMOKE, Context, Measurement
@@ -41,12 +44,26 @@ PLACE = write_floor.PLACE
 PAY = write_floor.PAY
 FLOOR = "write floor"
 OUTBOX = "write floor + outbox"
-VARIANTS = ((FLOOR, ""), (OUTBOX, "/outbox"))  # contender, path prefix
+SERVICE = "service"
+WITHOUT = "service without its outbox"
+
+
+class Variant(NamedTuple):
+    contender: str
+    prefix: str  # of the command paths
+    appends: bool  # each acknowledged command appends an event
+    baseline: str  # the contender this one is compared with (itself for a baseline)
+
+
 # More rounds than the other scenarios': a 10 % effect on a machine whose rounds differ by as much.
 OUTBOX_ROUNDS = 5
 PROFILED = f"POST /v1/orders · {CLIENTS} clients, py-spy on"
 
-Command = Callable[[Context, Server, str, float, Waits], Run]
+Command = Callable[[Context, Server, Variant, float, Waits], Run]
+PAIRS = (
+    (Variant(WITHOUT, "", False, WITHOUT), Variant(SERVICE, "", True, WITHOUT)),
+    (Variant(FLOOR, "", False, FLOOR), Variant(OUTBOX, "/outbox", True, FLOOR)),
+)
 
 
 def run(ctx: Context) -> tuple[list[Measurement], Profile]:
@@ -65,52 +82,62 @@ def outbox_cost(ctx: Context) -> list[Measurement]:
     runs: dict[tuple[str, str], list[Run]] = defaultdict(list)
     waits: dict[tuple[str, str], Waits] = defaultdict(Waits)
     commands: list[tuple[str, Command]] = [(PLACE, placed), (PAY, paid)]
-    with serve_contender(ctx, "floor", CONTENDERS["floor"], workers=1) as floor:
+    with (
+        serve_service(ctx, workers=1) as service,
+        serve_service(ctx, workers=1, module="bench.contenders.no_outbox", name=WITHOUT) as without,
+        serve_contender(ctx, "floor", CONTENDERS["floor"], workers=1) as floor,
+    ):
+        servers = {SERVICE: service, WITHOUT: without, FLOOR: floor, OUTBOX: floor}
         for number in range(rounds):
             for case, command in commands:
-                for name, prefix in VARIANTS if number % 2 == 0 else VARIANTS[::-1]:
-                    if number == 0:
-                        command(ctx, floor, prefix, 1, Waits())  # warm-up: connections, statement caches
-                    runs[case, name].append(command(ctx, floor, prefix, ctx.sizes.seconds, waits[case, name]))
+                for pair in PAIRS:
+                    for variant in pair if number % 2 == 0 else pair[::-1]:
+                        server, key = servers[variant.contender], (case, variant.contender)
+                        if number == 0:
+                            command(ctx, server, variant, 1, Waits())  # warm-up: connections, statement caches
+                        runs[key].append(command(ctx, server, variant, ctx.sizes.seconds, waits[key]))
+    variants = {variant.contender: variant for pair in PAIRS for variant in pair}
     found = []
     for (case, name), rounds_run in runs.items():
         measured = replace(summary(case, name, rounds_run), scenario=SCENARIO)
         measured = replace(measured, extra={**measured.extra, **waits[case, name].averages()})
-        if name == OUTBOX:
-            # Each round against the floor's of the same round: how far the rounds spread.
+        baseline = variants[name].baseline
+        if baseline != name:
+            # Each round against its baseline's of the same round: how far the rounds spread.
             paired = sorted(
                 o.result.requests / o.result.seconds / (f.result.requests / f.result.seconds)
-                for o, f in zip(rounds_run, runs[case, FLOOR], strict=True)
+                for o, f in zip(rounds_run, runs[case, baseline], strict=True)
             )
             more = {"round_ratio_median": paired[len(paired) // 2], "round_ratio_min": paired[0]}
             measured = replace(measured, extra={**measured.extra, **more, "round_ratio_max": paired[-1]})
         found.append(measured)
-    # Each case's floor first: the report's ratios are against it.
-    return sorted(found, key=lambda m: (m.case != PLACE, m.contender != FLOOR))
+    # Each case's baselines first: the report's ratios are against them.
+    order = [variant.contender for pair in PAIRS for variant in pair]
+    return sorted(found, key=lambda m: (m.case != PLACE, order.index(m.contender)))
 
 
-def placed(ctx: Context, server: Server, prefix: str, seconds: float, waits: Waits) -> Run:
+def placed(ctx: Context, server: Server, variant: Variant, seconds: float, waits: Waits) -> Run:
     sizes = ctx.sizes
-    load = CommandLoad("place", ctx.write_token, False, sizes.customers, sizes.products, prefix=prefix)
+    load = CommandLoad("place", ctx.write_token, False, sizes.customers, sizes.products, prefix=variant.prefix)
     before, head = asyncio.run(snapshot(ctx.database_url)), asyncio.run(feed_head(ctx.database_url))
     with sampling(ctx.database_url, waits):
         found = timed(server, load, seconds, ctx.database_url)
     # wrk drops the requests in flight at its deadline; the server still commits them.
     asyncio.run(check_stock(ctx.database_url, before, found.result.requests, cut_off=CLIENTS))
-    asyncio.run(check_appended(ctx.database_url, head, found.result.requests if prefix else 0))
+    asyncio.run(check_appended(ctx.database_url, head, found.result.requests if variant.appends else 0))
     return found
 
 
-def paid(ctx: Context, server: Server, prefix: str, seconds: float, waits: Waits) -> Run:
+def paid(ctx: Context, server: Server, variant: Variant, seconds: float, waits: Waits) -> Run:
     ids = asyncio.run(pending_orders(ctx.database_url, max(1, round(seconds)) * write_floor.PAYS_PER_SECOND))
     listed = ctx.scratch / "pending-orders.txt"
     listed.write_text("".join(f"{order_id}\n" for order_id in ids))
     head = asyncio.run(feed_head(ctx.database_url))  # after the import, which appends its own events
-    load = CommandLoad("pay", ctx.write_token, False, ids=listed, prefix=prefix)
+    load = CommandLoad("pay", ctx.write_token, False, ids=listed, prefix=variant.prefix)
     with sampling(ctx.database_url, waits):
         found = timed(server, load, seconds, ctx.database_url)
     asyncio.run(check_paid(ctx.database_url, ids, found.result.requests))
-    asyncio.run(check_appended(ctx.database_url, head, found.result.requests if prefix else 0))
+    asyncio.run(check_appended(ctx.database_url, head, found.result.requests if variant.appends else 0))
     return found
 
 
