@@ -20,6 +20,8 @@ ALLOWED_HEADERS = (
     "If-None-Match",
     "Consistency-Token",
     "X-Request-Id",
+    # GET /v1/events: where a page's own fetch of the event stream resumes (EventSource sends it itself).
+    "Last-Event-ID",
 )
 # Response headers a page may read beyond the safelisted ones (Cache-Control, Content-Type, ...).
 EXPOSED_HEADERS = ("ETag", "Location", "Consistency-Token", "Idempotent-Replayed", "Retry-After", "X-Request-Id")
