@@ -88,14 +88,14 @@ PAGE_OF_TYPES = _page_sql(filtered=True)
 HEAD = "SELECT last::text FROM events_head"
 
 
-class Page(msgspec.Struct, frozen=True):
+class Fetched(msgspec.Struct, frozen=True):
     """A page as the feed answers it, and the position it ends at."""
 
     events: EventPage
     position: int
 
 
-async def read_page(db: Reader, after: int | None, limit: int, types: list[str] | None) -> Page:
+async def read_page(db: Reader, after: int | None, limit: int, types: list[str] | None) -> Fetched:
     rows = await db.value(PAGE if types is None else PAGE_OF_TYPES, Rows, after or 0, limit, types)
     start = rows.purged if after is None else after
     if start < rows.purged:
@@ -103,10 +103,11 @@ async def read_page(db: Reader, after: int | None, limit: int, types: list[str] 
             f"events up to position {rows.purged} were purged (EVENTS_RETENTION); the oldest kept follows it:"
             " resume without `after` to start there"
         )
-    items = [s for s in rows.items if s.position > start]  # `after` absent: past the purged ones
+    # Every event kept is past the purged ones (the purge deletes and moves the horizon together).
     # A short page saw every event up to the head (of its snapshot): the next one starts there.
+    items = rows.items
     end = items[-1].position if len(items) == limit else max(start, rows.head)
-    return Page(EventPage(items=[_event(stored) for stored in items], next_cursor=_cursor(end)), end)
+    return Fetched(EventPage(items=[_event(stored) for stored in items], next_cursor=_cursor(end)), end)
 
 
 def _event(stored: StoredEvent) -> Event:
@@ -223,7 +224,7 @@ async def list_events(request: Request) -> Response:
     cursor = query.after if last_event_id is None else last_event_id
     after = None if cursor is None else _position(cursor)
 
-    async def ask(after: int | None) -> Page:
+    async def ask(after: int | None) -> Fetched:
         return await read_page(await reader(request), after, query.limit, types)
 
     # The first page is read before any byte is sent: a bad or purged cursor, an exhausted pool, are
@@ -247,7 +248,7 @@ async def list_events(request: Request) -> Response:
 
 
 async def _stream(
-    request: Request, first: Page, ask: Callable[[int | None], Awaitable[Page]], seconds: int
+    request: Request, first: Fetched, ask: Callable[[int | None], Awaitable[Fetched]], seconds: int
 ) -> AsyncIterator[bytes]:
     """Server-Sent Events: each event with its id and type, a comment while nothing happens, and an
     end after ``seconds`` (the client reconnects with Last-Event-ID). A database failure ends it

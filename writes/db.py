@@ -288,6 +288,34 @@ async def wrapped_like_sqlalchemy(driver: asyncpg.Connection, statement: str) ->
         raise DBAPIError(statement, None, exc, connection_invalidated=driver.is_closed()) from exc
 
 
+async def in_batches(
+    pool: WritePool, purge: Callable[[AsyncSession, int], Awaitable[int]], *, batch: int, batches: int
+) -> int:
+    """``purge(session, batch)`` (removing up to ``batch`` rows, returning how many), a transaction
+    each, until a batch comes back short or ``batches`` ran; how many in all. The pool's background
+    purges (``writes.idempotency``, ``writes.events``) run this way, so none holds locks for long."""
+    done = 0
+    for _ in range(batches):
+        count = await pool.run(lambda session: purge(session, batch))
+        done += count
+        if count < batch:
+            break
+    return done
+
+
+async def periodically(every: float, work: Callable[[], Awaitable[object]], what: str) -> None:
+    """``work`` every ``every`` seconds, for as long as the pool is open (its ``close`` cancels the
+    task this runs in, ``WritePool.keep_running``)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await work()
+        except ApiError as exc:
+            # A busy pool or an absent database: the commands come first, and the next round does
+            # what this one left.
+            log.warning("%s skipped this round: %s", what, exc)
+
+
 def write_pool(request: Request) -> WritePool:
     pool = resources(request).pools["writes"]
     assert isinstance(pool, WritePool)

@@ -14,8 +14,6 @@ which runs no handler, appends none.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import Counter
 from collections.abc import Sequence
 from functools import partial
@@ -25,11 +23,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.dto import EventType
-from shared.errors import ApiError
 from shared.metrics import EVENTS_APPENDED, EVENTS_OLDEST_AGE_SECONDS
-from writes.db import SETTINGS, WritePool, driver_connection, wrapped_like_sqlalchemy
-
-log = logging.getLogger("orders_api.events")
+from writes.db import SETTINGS, WritePool, driver_connection, in_batches, periodically, wrapped_like_sqlalchemy
 
 APPENDED = "orders_api.events_appended"  # the session's info key: events appended, by type
 
@@ -121,25 +116,12 @@ async def oldest_age(session: AsyncSession) -> float:
 
 
 async def purge_round(pool: WritePool, *, batch: int = PURGE_BATCH, batches: int = PURGE_BATCHES) -> int:
-    """Purge events past EVENTS_RETENTION, a batch a transaction; then publish the oldest kept one's age."""
-    purged = 0
-    for _ in range(batches):
-        count = await pool.run(partial(purge_batch, batch=batch))
-        purged += count
-        if count < batch:
-            break
+    """Purge events past EVENTS_RETENTION, a batch a transaction; then publish the oldest kept one's
+    age. A cursor into what was purged is a 410."""
+    purged = await in_batches(pool, purge_batch, batch=batch, batches=batches)
     EVENTS_OLDEST_AGE_SECONDS.set(await pool.run(oldest_age))
     return purged
 
 
 async def purge_periodically(pool: WritePool, every: float = PURGE_EVERY) -> None:
-    """A ``purge_round`` every ``every`` seconds, for as long as the pool is open (its ``close``
-    cancels this task)."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await purge_round(pool)
-        except ApiError as exc:
-            # A busy pool or an absent database: the commands come first, and the next round
-            # purges what this one left. A purged cursor is a 410 either way.
-            log.warning("purging old events skipped this round: %s", exc)
+    await periodically(every, partial(purge_round, pool), "purging old events")

@@ -10,9 +10,7 @@ deletes the rest off the request path.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -24,12 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
 from shared.dbfailures import sqlstate
-from shared.errors import ApiError, IdempotencyKeyReused, InvalidInput, RequestInProgress
+from shared.errors import IdempotencyKeyReused, InvalidInput, RequestInProgress
 from shared.sides import resources
-from writes.db import WritePool
+from writes.db import WritePool, in_batches, periodically
 from writes.models import IdempotencyKey
-
-log = logging.getLogger("orders_api.idempotency")
 
 KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # How long a retry waits for the first request with its key before it gets a 409 instead.
@@ -200,24 +196,9 @@ async def purge_expired(session: AsyncSession, batch: int) -> int:
 
 async def purge_round(pool: WritePool, *, batch: int = PURGE_BATCH, batches: int = PURGE_BATCHES) -> int:
     """Delete expired keys, a transaction per ``batch``, until a batch comes back short or
-    ``batches`` ran; how many were deleted."""
-    deleted = 0
-    for _ in range(batches):
-        count = await pool.run(partial(purge_expired, batch=batch))
-        deleted += count
-        if count < batch:
-            break
-    return deleted
+    ``batches`` ran; how many were deleted. An expired key is never replayed meanwhile."""
+    return await in_batches(pool, purge_expired, batch=batch, batches=batches)
 
 
 async def purge_periodically(pool: WritePool, every: float = PURGE_EVERY) -> None:
-    """A round of ``purge_round`` every ``every`` seconds, for as long as the pool is open (its
-    ``close`` cancels this task)."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await purge_round(pool)
-        except ApiError as exc:
-            # A busy pool or an absent database: the commands come first, and the next round
-            # deletes what this one left. An expired key is never replayed meanwhile.
-            log.warning("purging expired idempotency keys skipped this round: %s", exc)
+    await periodically(every, partial(purge_round, pool), "purging expired idempotency keys")

@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -154,17 +154,21 @@ def pause_after_first_chunk(app: Starlette, paused: asyncio.Event, resume: async
     return paused_app  # type: ignore[return-value]
 
 
-async def export_while_the_pool_is_held(app: Starlette, hold_for: float) -> tuple[bytes, Exception | None]:
-    """Start an export, hold the read pool's only connection between its batches for ``hold_for``
-    seconds, then read the rest: the bytes received, and the error the client saw, if any."""
+async def export_while_the_pool_is_held(
+    app: Starlette, hold_for: float, headers: Mapping[str, str] | None = None, encoding: str | None = None
+) -> tuple[bytes, Exception | None]:
+    """Start an export (with ``headers``; answered in the content ``encoding`` when one is given),
+    hold the read pool's only connection between its batches for ``hold_for`` seconds, then read
+    the rest: the bytes received, and the error the client saw, if any."""
     paused, resume = asyncio.Event(), asyncio.Event()
     received = b""
     async with (
         serving(pause_after_first_chunk(app, paused, resume)) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=30) as http,
-        http.stream("GET", "/v1/exports/orders") as response,
+        http.stream("GET", "/v1/exports/orders", headers=headers) as response,
     ):
         assert response.status_code == 200
+        assert encoding is None or response.headers.get("content-encoding") == encoding
         await asyncio.wait_for(paused.wait(), 10)
         async with app.state.resources.pools["reads"].connection():
             resume.set()

@@ -4,7 +4,6 @@ a 304 stays bodiless; an export streams compressed, and a cut one still looks cu
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 
 import asyncpg
@@ -16,7 +15,7 @@ from service.compression import MINIMUM_SIZE
 from shared.config import Settings
 from tests.reads.factories import Shop
 from tests.reads.test_export import insert_orders
-from tests.reads.test_faults import pause_after_first_chunk
+from tests.reads.test_faults import export_while_the_pool_is_held
 from tests.support import serving
 
 GZIP = {"Accept-Encoding": "gzip"}
@@ -105,24 +104,7 @@ async def test_a_cut_export_still_ends_as_an_incomplete_response_when_gzipped(
     app = create_app(
         msgspec.structs.replace(settings, read_pool_max_size=1, read_pool_acquire_timeout=0.2, read_export_wait=0.3)
     )
-    paused, resume = asyncio.Event(), asyncio.Event()
-    received, error = b"", None
-    async with (
-        serving(pause_after_first_chunk(app, paused, resume)) as url,
-        httpx.AsyncClient(base_url=url, timeout=30) as http,
-        http.stream("GET", "/v1/exports/orders", headers=GZIP) as response,
-    ):
-        assert response.headers["content-encoding"] == "gzip"
-        await asyncio.wait_for(paused.wait(), 10)
-        # The only connection is held past READ_EXPORT_WAIT: the second batch cannot be read.
-        async with app.state.resources.pools["reads"].connection():
-            resume.set()
-            await asyncio.sleep(1.0)
-        try:
-            async for chunk in response.aiter_bytes():
-                received += chunk
-        except httpx.RemoteProtocolError as exc:
-            error = exc
+    received, error = await export_while_the_pool_is_held(app, hold_for=1.0, headers=GZIP, encoding="gzip")
 
     assert error is not None, "the client was not told the export was cut"
     assert "incomplete" in str(error)

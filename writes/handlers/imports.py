@@ -20,13 +20,13 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from shared.dto import ImportedOrder, ImportResult, OrderCustomer, OrderItemView, OrderView
+from shared.dto import ImportedOrder, ImportResult, OrderCustomer, OrderView
 from shared.errors import InvalidInput
 from shared.http import ENCODER
 from writes import events, readmodels
 from writes.db import driver_connection, wrapped_like_sqlalchemy
 from writes.events import NewEvent
-from writes.handlers.orders import Described
+from writes.handlers.orders import Described, line_view_of
 from writes.models import Customer, Order, OrderItem, Product
 
 
@@ -77,17 +77,7 @@ def imported_events(
     """An ``order.imported`` event per order, whose data is the order's view as the query side
     shows it: the rows as ``order_records`` and ``item_records`` write them, in UTC."""
     for order_id, order in zip(order_ids, orders, strict=True):
-        items = [
-            OrderItemView(
-                product_id=item.product_id,
-                sku=products[item.product_id].sku,
-                name=products[item.product_id].name,
-                quantity=item.quantity,
-                unit_price_cents=item.unit_price_cents,
-                line_total_cents=item.quantity * item.unit_price_cents,
-            )
-            for item in order.items
-        ]
+        items = [line_view_of(item, products[item.product_id]) for item in order.items]
         created_at = order.created_at.astimezone(UTC)
         view = OrderView(
             id=order_id,

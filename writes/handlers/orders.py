@@ -269,6 +269,37 @@ async def explain_refusal(session: AsyncSession, order_id: int, if_match: IfMatc
     raise InvalidTransition(f"order {order_id} is {row.status}; {rule.verb} needs {' or '.join(rule.sources)}")
 
 
+class Named(Protocol):
+    """What an order line's view shows of its product."""
+
+    @property
+    def sku(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+class PricedLine(Line, Protocol):
+    @property
+    def unit_price_cents(self) -> int: ...
+
+
+def line_view(product_id: int, sku: str, name: str, quantity: int, unit_price_cents: int) -> OrderItemView:
+    """One line of an order's view: its total is the quantity at the price the order captured."""
+    return OrderItemView(
+        product_id=product_id,
+        sku=sku,
+        name=name,
+        quantity=quantity,
+        unit_price_cents=unit_price_cents,
+        line_total_cents=quantity * unit_price_cents,
+    )
+
+
+def line_view_of(line: PricedLine, product: Named) -> OrderItemView:
+    return line_view(line.product_id, product.sku, product.name, line.quantity, line.unit_price_cents)
+
+
 def changed_view(rows: Sequence[Row[Any]]) -> OrderView:
     """The view of an order from ``CHANGE_STATUS``'s rows, one per line."""
     first = rows[0]
@@ -277,15 +308,7 @@ def changed_view(rows: Sequence[Row[Any]]) -> OrderView:
         customer=OrderCustomer(id=first.customer_id, email=first.email, name=first.customer_name),
         status=cast(OrderStatus, first.status),
         items=[
-            OrderItemView(
-                product_id=row.product_id,
-                sku=row.sku,
-                name=row.product_name,
-                quantity=row.quantity,
-                unit_price_cents=row.unit_price_cents,
-                line_total_cents=row.quantity * row.unit_price_cents,
-            )
-            for row in rows
+            line_view(row.product_id, row.sku, row.product_name, row.quantity, row.unit_price_cents) for row in rows
         ],
         item_count=first.item_count,
         total_cents=first.total_cents,
@@ -295,24 +318,14 @@ def changed_view(rows: Sequence[Row[Any]]) -> OrderView:
     )
 
 
-def order_view(order: Order, customer: OrderCustomer, products: Mapping[int, Described | Product]) -> OrderView:
+def order_view(order: Order, customer: OrderCustomer, products: Mapping[int, Named]) -> OrderView:
     """The view of ``order`` (its items loaded or just flushed), of ``customer``, whose lines name
     ``products`` by id."""
     return OrderView(
         id=order.id,
         customer=customer,
         status=cast(OrderStatus, order.status),  # the column's CHECK keeps it one
-        items=[
-            OrderItemView(
-                product_id=item.product_id,
-                sku=products[item.product_id].sku,
-                name=products[item.product_id].name,
-                quantity=item.quantity,
-                unit_price_cents=item.unit_price_cents,
-                line_total_cents=item.quantity * item.unit_price_cents,
-            )
-            for item in order.items
-        ],
+        items=[line_view_of(item, products[item.product_id]) for item in order.items],
         item_count=order.item_count,
         total_cents=order.total_cents,
         version=order.version,
