@@ -1,9 +1,10 @@
 """GET /v1/events: the feed of committed changes, a page at a time, long-polled or streamed (SSE).
 
-Events carry their position in commit order (``writes.events``, migration 0007): every event at or
-below ``events_head.last`` that a snapshot can see is every event there will ever be at or below
-it. So a page read after position ``p`` is complete up to the head it read with it, and the next
-page starts where this one stopped: no event is skipped, whatever order transactions commit in.
+Events carry the position a round gave them after their commit (``writes.events``, migration 0008):
+every event at or below ``events_head.last`` that a snapshot can see is every event there will ever
+be at or below it (a round commits its positions and the head together). So a page read after
+position ``p`` is complete up to the head it read with it, and the next page starts where this one
+stopped: no event is skipped, whatever order transactions commit in.
 
 A client waiting for something new holds no connection: each process reads the head once a period
 (EVENTS_POLL_MS) for all its waiting clients (``HeadWatch``), and a waiting client asks again once

@@ -105,6 +105,13 @@ STATS_ANSWERS = Counter(
 EVENTS_APPENDED = Counter(
     "events_appended", "Events appended by committed commands, by type", ["type"], registry=REGISTRY
 )
+EVENTS_POSITION_ROUNDS = Counter(
+    "events_position_rounds",
+    "Rounds that positioned committed events (a writes process runs one after each command that"
+    " appended, shared by the commands committing meanwhile, and one a second), by result (ok, failed)",
+    ["result"],
+    registry=REGISTRY,
+)
 EVENTS_WAITING = Gauge(
     "events_waiting",
     "Feed clients waiting for an event: mode=long-poll (GET with wait) or stream (Server-Sent Events)",

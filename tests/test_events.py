@@ -242,6 +242,55 @@ async def test_an_event_appended_by_a_transaction_that_commits_late_is_not_skipp
     assert [(e["type"], e["subject"]["id"]) for e in after_it["items"]] == [("order.placed", order_id)]
 
 
+async def test_a_command_answers_once_its_event_is_in_the_feed_even_under_concurrent_commands(
+    client: httpx.AsyncClient, shop: Shop, db: asyncpg.Connection
+) -> None:
+    """Events are positioned after their commit, a round for every command that committed before it
+    began: each answer comes after its own event is readable, with no wait."""
+    seen = (await feed(client))["next_cursor"]
+    created = await asyncio.gather(*(shop.customer(email=f"c{n}@example.com") for n in range(12)))
+    for customer in created:
+        own = await feed(client, after=seen, limit=1000)
+        assert customer in [e["data"] for e in own["items"]]
+    assert await db.fetchval("SELECT count(*) FROM events WHERE position IS NULL") == 0
+    positions = await db.fetchval("SELECT array_agg(position ORDER BY position) FROM events")
+    assert positions == list(range(1, len(positions) + 1))
+    assert await db.fetchval("SELECT last FROM events_head") == len(positions)
+
+
+async def test_an_event_a_stopped_process_left_unpositioned_is_positioned_by_the_sweep(
+    client: httpx.AsyncClient, shop: Shop, db: asyncpg.Connection
+) -> None:
+    """A process that stops between a command's commit and its round leaves the event unpositioned:
+    unreadable, not lost. The rounds that run every second in every process position it."""
+    customer = await shop.customer()
+    seen = (await feed(client))["next_cursor"]
+    await db.execute(events.APPEND, ["customer.updated"], [customer["id"]], [json.dumps(customer)])
+    assert await db.fetchval("SELECT count(*) FROM events WHERE position IS NULL") == 1
+    page = await feed(client, after=seen, wait=10)
+    assert [(e["type"], e["data"]) for e in page["items"]] == [("customer.updated", customer)]
+
+
+async def test_a_failed_round_costs_the_command_nothing_and_the_next_round_positions_its_event(
+    client: httpx.AsyncClient,
+    shop: Shop,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The command has committed when its round fails: it answers as it would have (a 503 would
+    invite a second commit), and its event comes with a later round."""
+    seen = (await feed(client))["next_cursor"]
+    monkeypatch.setattr(events, "POSITION", "SELECT events_position_gone($1)")
+    with caplog.at_level("WARNING", logger="orders_api.events"):
+        customer = await shop.customer()  # asserts the 201
+    assert "positioning events failed" in caplog.text
+    assert await db.fetchval("SELECT count(*) FROM events WHERE position IS NULL") == 1
+    monkeypatch.undo()
+    page = await feed(client, after=seen, wait=10)
+    assert [(e["type"], e["data"]) for e in page["items"]] == [("customer.created", customer)]
+
+
 async def test_metrics_count_the_appended_events(client: httpx.AsyncClient, shop: Shop) -> None:
     def appended(text: str, type_: str) -> float:
         prefix = f'events_appended_total{{type="{type_}"}} '

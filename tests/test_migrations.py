@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.schema import current_revision, downgrade_to_base, head_revision, upgrade_to_head
-from shared.config import sqlalchemy_url
+from service.schema import alembic_config, current_revision, downgrade_to_base, head_revision, upgrade_to_head
+from shared.config import asyncpg_dsn, sqlalchemy_url
+from writes.events import APPEND
 from writes.models import Base
 
 
@@ -40,3 +43,31 @@ def test_upgrade_and_downgrade_round_trip(empty_database: str) -> None:
     upgrade_to_head(empty_database)
     assert asyncio.run(current_revision(empty_database)) == head_revision()
     assert asyncio.run(_differences(empty_database)) == []
+
+
+def test_downgrading_the_positions_after_commit_positions_what_waits_first(empty_database: str) -> None:
+    """0008 -> 0007: an event committed but not yet positioned is positioned before 0007's trigger
+    comes back (it would only position it at the next event's commit)."""
+    upgrade_to_head(empty_database)
+
+    async def append_one() -> None:
+        connection = await asyncpg.connect(asyncpg_dsn(empty_database))
+        try:
+            await connection.execute(APPEND, ["customer.created"], [1], ["{}"])
+        finally:
+            await connection.close()
+
+    async def positions() -> list[int | None]:
+        connection = await asyncpg.connect(asyncpg_dsn(empty_database))
+        try:
+            return [row[0] for row in await connection.fetch("SELECT position FROM events ORDER BY id")]
+        finally:
+            await connection.close()
+
+    asyncio.run(append_one())
+    assert asyncio.run(positions()) == [None]
+    command.downgrade(alembic_config(empty_database), "0007")
+    assert asyncio.run(positions()) == [1]
+    upgrade_to_head(empty_database)
+    asyncio.run(append_one())
+    assert asyncio.run(positions()) == [1, None]

@@ -40,6 +40,9 @@ log = logging.getLogger("orders_api.database")
 
 
 SETTINGS = "settings"  # the session's info key of the Settings (``WritePool`` sets it)
+# The session's info key a unit of work sets when its commit leaves events to position (it appended
+# some, or it replayed a command that did): ``WritePool.run`` then waits for a positioning round.
+POSITIONS_EVENTS = "orders_api.positions_events"
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
@@ -108,6 +111,10 @@ class WritePool:
         self.tasks: list[asyncio.Task[None]] = []
         # Queries may read a replica only when the read side has its own database.
         self.marks_commits = settings.read_database_url is not None
+        # Installed by the write side (``writes.events.Positioner``): waits until the events of
+        # every command committed so far are positioned, and returns where the WAL then stood
+        # when ``marks_commits``.
+        self.position_events: Callable[[], Awaitable[int | None]] | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> WritePool:
@@ -170,7 +177,9 @@ class WritePool:
                     async with self.sessions(bind=connection) as session, session.begin():
                         result = await work(session)
                     # Committed. The position is read on the same connection, after the commit.
-                    return result, await _wal_position(connection) if mark else None
+                    if self.position_events is None or not session.info.get(POSITIONS_EVENTS):
+                        return result, await _wal_position(connection) if mark else None
+                break
             except sqlalchemy.exc.TimeoutError:
                 raise exhausted(WRITE, self.timeout) from None
             except (DBAPIError, OSError, TimeoutError) as exc:
@@ -184,7 +193,24 @@ class WritePool:
                     raise unavailable(failure, WRITE, exc) from None
             # Jittered, so two transactions that collided do not collide again in step.
             await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311 - jitter, not a secret
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        else:
+            raise AssertionError("unreachable: the last attempt returns, raises or breaks")
+        # Committed, with events to position: a round that begins after this commit positions them
+        # (on a connection of its own, so the slot and this connection were given back first), and
+        # the round's WAL position is past the commit and the positions. It never raises: the
+        # command has committed, and a 503 would invite a second commit.
+        assert self.position_events is not None
+        position = await self.position_events()
+        return result, position if mark else None
+
+    async def on_driver(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``work`` on the asyncpg connection of one of the pool's connections, outside any
+        transaction (each statement commits on its own), waiting its turn even when the queue is
+        full. For background work of a round trip or two: SQLAlchemy's transaction would add two."""
+        async with self.gate.slot(self.timeout, shed=False), self.engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert isinstance(driver, asyncpg.Connection)
+            return await work(driver)
 
     async def ping(self) -> None:
         await self.run(_select_one, shed=False)

@@ -2,8 +2,9 @@
 
 An event is a command's change to one resource: its type (``order.paid``), its subject (the
 resource's type and id) and the resource's view after the change, as the command answered it. The
-feed (``reads.events``) serves them in commit order: migration 0007's trigger gives each
-transaction's events their positions as it commits, so a command only inserts them here.
+feed (``reads.events``) serves them by position. A command only inserts them here, unpositioned;
+after its commit, a round of the ``Positioner`` gives the committed ones their positions (migration
+0008), before the command answers.
 
 A command with one view (creating, restocking, paying...) has its event appended by the pipeline
 after the handler (``writes.pipeline``), from the very bytes of its answer. The set-based commands
@@ -14,17 +15,35 @@ which runs no handler, appends none.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import NamedTuple
 
+import asyncpg
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.consistency import lsn_from_text
 from shared.dto import EventType
-from shared.metrics import EVENTS_APPENDED, EVENTS_OLDEST_AGE_SECONDS
-from writes.db import SETTINGS, WritePool, driver_connection, in_batches, periodically, wrapped_like_sqlalchemy
+from shared.errors import ApiError
+from shared.metrics import EVENTS_APPENDED, EVENTS_OLDEST_AGE_SECONDS, EVENTS_POSITION_ROUNDS
+from writes.db import (
+    POSITIONS_EVENTS,
+    SETTINGS,
+    WAL_POSITION,
+    WritePool,
+    driver_connection,
+    in_batches,
+    periodically,
+    wrapped_like_sqlalchemy,
+)
+
+log = logging.getLogger("orders_api.events")
 
 APPENDED = "orders_api.events_appended"  # the session's info key: events appended, by type
 
@@ -57,6 +76,7 @@ async def append(session: AsyncSession, events: Sequence[NewEvent]) -> None:
         )
     appended: Counter[str] = session.info.setdefault(APPENDED, Counter())
     appended.update(event.type for event in events)
+    session.info[POSITIONS_EVENTS] = True
 
 
 def count_committed(appended: Counter[str]) -> None:
@@ -125,3 +145,97 @@ async def purge_round(pool: WritePool, *, batch: int = PURGE_BATCH, batches: int
 
 async def purge_periodically(pool: WritePool, every: float = PURGE_EVERY) -> None:
     await periodically(every, partial(purge_round, pool), "purging old events")
+
+
+# Migration 0008's function: positions up to ``batch`` committed events, oldest row first, and says
+# how many. One statement and its own transaction: the positions commit before it answers.
+POSITION = "SELECT events_position($1)"
+POSITION_BATCH = 10_000
+SWEEP_EVERY = 1.0  # seconds: a round even when no command asks, for events a stopped process left
+
+
+async def position_all(driver: asyncpg.Connection, *, batch: int = POSITION_BATCH) -> None:
+    """Position every event committed before this call, ``batch`` a transaction."""
+    while await driver.fetchval(POSITION, batch) == batch:
+        pass
+
+
+class Positioner:
+    """Gives committed events their positions, a round at a time, for one process's commands.
+
+    A command that appended events waits, after its commit, for a round that begins after it
+    (``positioned``): its events are then in the feed when it answers, and the WAL position the
+    round returns is past them, so its Consistency-Token shows them on a replica too. Commands
+    that commit while a round runs share the next one: under load a round positions many commands'
+    events in one transaction, instead of each commit holding the feed's head row through its own
+    WAL flush. The waiting commands hold no connection; a round takes one of the pool's in turn.
+
+    A round that fails (the database gone, the pool's wait exceeded) is logged and its commands
+    answer without a token: they have committed, and their events are positioned by the next round,
+    at the latest by the sweep, which runs every ``sweep_every`` seconds anyway for the events of a
+    process that stopped between a commit and its round (with nothing to position, a round is one
+    index probe).
+    """
+
+    def __init__(self, round_: Callable[[], Awaitable[int | None]], *, sweep_every: float = SWEEP_EVERY) -> None:
+        self._round = round_
+        self._sweep_every = sweep_every
+        self._wanted = asyncio.Event()
+        self._next: asyncio.Future[int | None] | None = None  # what the callers since the last round wait for
+        self._stopped = False
+
+    async def positioned(self) -> int | None:
+        """Wait for a round that begins after this call; the WAL position it returned, if any."""
+        if self._stopped:
+            return None
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            self._wanted.set()
+        # Shielded: a caller cancelled (its client gone) must not cancel the round's other callers.
+        return await asyncio.shield(self._next)
+
+    async def run(self) -> None:
+        """The rounds, until cancelled (``WritePool.keep_running``)."""
+        waiting: asyncio.Future[int | None] | None = None
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), self._sweep_every)
+                self._wanted.clear()
+                waiting, self._next = self._next, None
+                position = await self._safely()
+                if waiting is not None:
+                    waiting.set_result(position)
+                    waiting = None
+        finally:
+            # Closing: whoever still waits answers without a token (no round will come).
+            self._stopped = True
+            for future in (waiting, self._next):
+                if future is not None and not future.done():
+                    future.set_result(None)
+
+    async def _safely(self) -> int | None:
+        try:
+            position = await self._round()
+        except (ApiError, DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            # The pool's wait exceeded, the database gone: the next round does the work.
+            log.warning("positioning events failed; the next round retries: %s: %s", type(exc).__name__, exc)
+        except Exception:
+            # A bug: said loudly, and still not the committed command's failure.
+            log.exception("positioning events failed; the next round retries")
+        else:
+            EVENTS_POSITION_ROUNDS.labels("ok").inc()
+            return position
+        EVENTS_POSITION_ROUNDS.labels("failed").inc()
+        return None
+
+
+def positioner(pool: WritePool) -> Positioner:
+    """The pool's positioner: its rounds on one of the pool's connections, each returning where
+    the WAL stood after it when the pool marks commits (queries may read replicas)."""
+
+    async def round_(driver: asyncpg.Connection) -> int | None:
+        await position_all(driver)
+        return lsn_from_text(await driver.fetchval(WAL_POSITION)) if pool.marks_commits else None
+
+    return Positioner(partial(pool.on_driver, round_))

@@ -237,8 +237,8 @@ class CustomerTotals(Base):
 
 class Event(Base):
     """One event of the feed (``writes.events``): a command's change to one resource, with the
-    resource's view after it. ``position`` is given at commit, in commit order (migration 0007's
-    trigger), so it is NULL only inside the transaction that appends the event."""
+    resource's view after it. ``position`` is NULL until a positioning round gives it, after the
+    command's commit (migration 0008's ``events_position``)."""
 
     __tablename__ = "events"
     __table_args__ = (
@@ -256,7 +256,7 @@ class Event(Base):
 
 
 class EventsHead(Base):
-    """The last position given to an event (one row): its lock orders the commits that append events."""
+    """The last position given to an event (one row): its lock lets one positioning round run at a time."""
 
     __tablename__ = "events_head"
     __table_args__ = (CheckConstraint("one", name="one_row"),)

@@ -10,17 +10,22 @@ from writes.routes import ROUTES
 
 IDEMPOTENCY_PURGE = "orders-api idempotency purge"  # the tasks' names
 EVENTS_PURGE = "orders-api events purge"
+EVENTS_POSITIONER = "orders-api events positioner"
 
 
 async def open_write_side(
     settings: Settings, schema_head: str, *, purge_every: float = idempotency.PURGE_EVERY
 ) -> WritePool:
-    """The write pool, purging expired idempotency keys and events past EVENTS_RETENTION every
-    ``purge_every`` seconds while it is open. ``schema_head`` is for the read side's replicas,
-    which replay a migration late; the primary's schema is /readyz's to check."""
+    """The write pool, positioning committed events (``writes.events.Positioner``) and purging
+    expired idempotency keys and events past EVENTS_RETENTION every ``purge_every`` seconds while
+    it is open. ``schema_head`` is for the read side's replicas, which replay a migration late;
+    the primary's schema is /readyz's to check."""
     pool = await WritePool.open(settings)
     pool.keep_running(idempotency.purge_periodically(pool, purge_every), name=IDEMPOTENCY_PURGE)
     pool.keep_running(events.purge_periodically(pool, purge_every), name=EVENTS_PURGE)
+    positioner = events.positioner(pool)
+    pool.position_events = positioner.positioned
+    pool.keep_running(positioner.run(), name=EVENTS_POSITIONER)
     return pool
 
 

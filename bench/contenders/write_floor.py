@@ -19,12 +19,16 @@ service's pool does not make, and part of what is compared.
 
 Under ``/outbox`` (``/outbox/v1/orders``, ``/outbox/v1/orders/{id}/pay``) the same two commands also
 append their event as the service does: its statement (``writes.events.APPEND``), the order view
-as the data, on the same connection in the same transaction, so that migration 0007's trigger
-positions it at commit. The two paths side by side are what the outbox costs a command.
+as the data, on the same connection in the same transaction; after the commit they wait, as the
+service's commands do, for a round of the service's ``writes.events.Positioner`` (migration 0008's
+function, on a connection of the pool) to position it. The two paths side by side are what the
+outbox costs a command.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,7 +45,7 @@ from reads.queries.orders import ORDER_BY_ID
 from shared.config import Settings
 from shared.dto import PlaceOrder
 from writes import readmodels
-from writes.events import APPEND
+from writes.events import APPEND, Positioner, position_all
 
 ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()
 
@@ -110,15 +114,25 @@ class WriteFloor:
         # The service's defaults: the bench gives its contenders no WRITE_ or READ_ settings.
         self.settings = Settings(database_url=dsn)
         self.pool: Any = None
+        self.positioner: Positioner
 
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[None]:
         size = self.settings.write_pool_size
         self.pool = await asyncpg.create_pool(self.dsn, min_size=size, max_size=size)
+        self.positioner = Positioner(self.position_round)
+        rounds = asyncio.create_task(self.positioner.run())
         try:
             yield
         finally:
+            rounds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rounds
             await self.pool.close()
+
+    async def position_round(self) -> None:
+        async with self.pool.acquire() as connection:
+            await position_all(connection)
 
     def routes(self) -> list[Route]:
         return [
@@ -150,6 +164,8 @@ class WriteFloor:
                 view: str = await connection.fetchval(ORDER_BY_ID, order_id)
                 if outbox:
                     await append(connection, "order.placed", order_id, view)
+            if outbox:
+                await self.positioner.positioned()
         except msgspec.ValidationError as exc:
             return refusal(422, str(exc))
         except msgspec.DecodeError as exc:
@@ -166,6 +182,8 @@ class WriteFloor:
                 view: str = await connection.fetchval(ORDER_BY_ID, order_id)
                 if outbox:
                     await append(connection, "order.paid", order_id, view)
+            if outbox:
+                await self.positioner.positioned()
         except Refused as exc:
             return refusal(exc.status, str(exc))
         return json_response(view, 200)
@@ -213,5 +231,5 @@ async def pay(connection: asyncpg.Connection, order_id: int, stripes: int) -> No
 
 
 async def append(connection: asyncpg.Connection, type_: str, subject_id: int, view: str) -> None:
-    """One event, by the service's statement; its position comes at commit (migration 0007's trigger)."""
+    """One event, by the service's statement; a round positions it after the commit."""
     await connection.execute(APPEND, [type_], [subject_id], [view])

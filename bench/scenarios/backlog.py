@@ -1,9 +1,9 @@
 """Draining a backlog of the event feed, for the events scenario (``bench.scenarios.events``):
-``BACKLOG`` events inserted with SQL, ``BACKLOG_BATCH`` a transaction, so that migration 0007's
-trigger positions them at each commit, their data the view of a real order of one line (about 400
-bytes). Then one consumer pages through them from where the feed stood before, ``PAGE`` a page,
-until a page is empty: events a second, and each page's round trip. Nothing else appends
-meanwhile, so it must read each of them exactly once.
+``BACKLOG`` events inserted with SQL, ``BACKLOG_BATCH`` a transaction, each batch positioned after
+its commit as the service's rounds position them (``writes.events.position_all``), their data the
+view of a real order of one line (about 400 bytes). Then one consumer pages through them from where
+the feed stood before, ``PAGE`` a page, until a page is empty: events a second, and each page's
+round trip. Nothing else appends meanwhile, so it must read each of them exactly once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from bench.scenarios.writes import InvariantBroken
 from bench.servers import Server
 from reads.queries.orders import ORDER_BY_ID
 from testkit.database import connected
+from writes.events import position_all
 
 BACKLOG = 1_000_000
 BACKLOG_BATCH = 100_000
@@ -40,8 +41,9 @@ async def append_backlog(url: str, events: int) -> tuple[float, int]:
         data: str = await connection.fetchval(ORDER_BY_ID, await connection.fetchval(ONE_LINE))
         started = time.perf_counter()
         for first in range(1, events + 1, BACKLOG_BATCH):
-            async with connection.transaction():  # the trigger positions the batch at this commit
+            async with connection.transaction():
                 await connection.execute(BACKLOG_EVENTS, data, first, min(first + BACKLOG_BATCH, events + 1) - 1)
+            await position_all(connection)
         took = time.perf_counter() - started
         await connection.execute("VACUUM ANALYZE events")
     return took, len(data.encode())

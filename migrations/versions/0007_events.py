@@ -49,6 +49,10 @@ BEGIN
 END
 $$
 """
+CREATE_TRIGGER = """
+    CREATE CONSTRAINT TRIGGER events_position AFTER INSERT ON events
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION events_assign_positions()
+"""
 
 
 def upgrade() -> None:
@@ -83,10 +87,7 @@ def upgrade() -> None:
     op.execute("INSERT INTO events_head (last) VALUES (0)")
     op.execute("INSERT INTO events_horizon (purged_through) VALUES (0)")
     op.execute(ASSIGN_POSITIONS)
-    op.execute("""
-        CREATE CONSTRAINT TRIGGER events_position AFTER INSERT ON events
-        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION events_assign_positions()
-    """)
+    op.execute(CREATE_TRIGGER)
 
 
 def downgrade() -> None:
