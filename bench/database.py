@@ -21,6 +21,7 @@ from service.schema import upgrade_to_head
 from shared.config import Settings
 from shared.dto import ImportedLine, ImportedOrder
 from testkit.database import connected
+from writes import events
 from writes.db import WritePool
 from writes.handlers import OrderImport, import_orders
 
@@ -62,6 +63,7 @@ async def analyze(url: str) -> None:
 @asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[WritePool]:
     pool = await WritePool.open(settings)
+    events.position_events(pool)
     try:
         yield pool
     finally:

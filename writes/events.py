@@ -230,12 +230,20 @@ class Positioner:
         return None
 
 
-def positioner(pool: WritePool) -> Positioner:
-    """The pool's positioner: its rounds on one of the pool's connections, each returning where
-    the WAL stood after it when the pool marks commits (queries may read replicas)."""
+POSITIONER = "orders-api events positioner"  # the task's name
+
+
+def position_events(pool: WritePool) -> None:
+    """Give ``pool`` its positioner, running until the pool closes: from now on, each of its
+    commands that appended events answers once they are positioned. Every pool that runs commands
+    has one (the serving write side, the seed, the benchmark's). Its rounds take one of the pool's
+    connections and return where the WAL stood after them when the pool marks commits (queries may
+    read replicas)."""
 
     async def round_(driver: asyncpg.Connection) -> int | None:
         await position_all(driver)
         return lsn_from_text(await driver.fetchval(WAL_POSITION)) if pool.marks_commits else None
 
-    return Positioner(partial(pool.on_driver, round_))
+    positioner = Positioner(partial(pool.on_driver, round_))
+    pool.position_events = positioner.positioned
+    pool.keep_running(positioner.run(), name=POSITIONER)

@@ -20,7 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.config import Settings
 from shared.dto import CreateCustomer, CreateProduct, ImportedLine, ImportedOrder, OrderStatus, UpsertCustomers
 from shared.errors import SkuTaken
+from shared.http import ENCODER
+from writes import events
 from writes.db import WritePool
+from writes.events import NewEvent
 from writes.handlers import OrderImport, create_product, import_orders, upsert_customers
 from writes.models import Customer, Product
 
@@ -49,6 +52,7 @@ class SeedCounts:
 async def seed(settings: Settings, counts: SeedCounts, advance: Advance) -> None:
     """Write ``counts`` of demo rows, calling ``advance(n)`` as each batch of n rows lands."""
     pool = await WritePool.open(settings)
+    events.position_events(pool)
     try:
         customer_ids = await seed_customers(pool, counts.customers, advance)
         prices = await seed_products(pool, counts.products, advance)
@@ -83,9 +87,16 @@ async def seed_products(pool: WritePool, count: int, advance: Advance) -> dict[i
             stock=rng.randrange(100, 10_000),
         )
         with contextlib.suppress(SkuTaken):  # seeded before: keep it, with its stock and price now
-            await pool.run(partial(create_product, product))
+            await pool.run(partial(_create_product, product))
         advance(1)
     return await pool.run(_demo_prices)
+
+
+async def _create_product(product: CreateProduct, session: AsyncSession) -> None:
+    """POST /v1/products's unit of work: the product, and its event (which the pipeline appends
+    there, from the answer's bytes: here from the same encoding of the same view)."""
+    view = await create_product(product, session)
+    await events.append(session, [NewEvent("product.created", view.id, ENCODER.encode(view).decode())])
 
 
 async def _demo_prices(session: AsyncSession) -> dict[int, int]:

@@ -10,7 +10,6 @@ from writes.routes import ROUTES
 
 IDEMPOTENCY_PURGE = "orders-api idempotency purge"  # the tasks' names
 EVENTS_PURGE = "orders-api events purge"
-EVENTS_POSITIONER = "orders-api events positioner"
 
 
 async def open_write_side(
@@ -23,9 +22,7 @@ async def open_write_side(
     pool = await WritePool.open(settings)
     pool.keep_running(idempotency.purge_periodically(pool, purge_every), name=IDEMPOTENCY_PURGE)
     pool.keep_running(events.purge_periodically(pool, purge_every), name=EVENTS_PURGE)
-    positioner = events.positioner(pool)
-    pool.position_events = positioner.positioned
-    pool.keep_running(positioner.run(), name=EVENTS_POSITIONER)
+    events.position_events(pool)
     return pool
 
 

@@ -21,6 +21,7 @@ from bench.core import Context, Measurement
 from shared.config import Settings
 from shared.dto import ImportedOrder
 from testkit.database import connected
+from writes import events
 from writes.db import WritePool
 from writes.handlers import OrderImport, import_orders
 from writes.handlers.imports import ITEM_COLUMNS, ORDER_COLUMNS, item_records, order_records
@@ -36,6 +37,7 @@ def run(ctx: Context) -> list[Measurement]:
 
 async def measure(ctx: Context) -> list[Measurement]:
     pool = await WritePool.open(Settings(database_url=ctx.database_url))
+    events.position_events(pool)  # the import command answers once its events are positioned
     try:
         orders = await some_orders(ctx.database_url, ctx.sizes.bulk_orders, ctx.sizes.customers)
         contenders: dict[str, Callable[[list[ImportedOrder]], Awaitable[object]]] = {

@@ -19,7 +19,9 @@ SUMMARY = """
            (SELECT bool_and(o.item_count = i.units AND o.total_cents = i.total)
               FROM orders o
               JOIN (SELECT order_id, sum(quantity) AS units, sum(quantity * unit_price_cents) AS total
-                      FROM order_items GROUP BY order_id) i ON i.order_id = o.id) AS totals_add_up
+                      FROM order_items GROUP BY order_id) i ON i.order_id = o.id) AS totals_add_up,
+           (SELECT count(*) FROM events WHERE position IS NOT NULL) AS events_in_the_feed,
+           (SELECT count(*) FROM events WHERE position IS NULL) AS events_waiting
 """
 
 
@@ -50,6 +52,9 @@ def test_seed_fills_every_table_with_recent_orders_of_every_status(database_url:
         "statuses": ["cancelled", "paid", "pending", "shipped"],
         "recent": True,
         "totals_add_up": True,
+        # One event a row, each in the feed when the seed ends (writes.events.position_events).
+        "events_in_the_feed": 30 + 8 + 400,
+        "events_waiting": 0,
     }
 
 
