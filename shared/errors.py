@@ -108,7 +108,10 @@ class ServiceUnavailable(ApiError):
     headers = {"Retry-After": "1"}  # noqa: RUF012
 
 
-class PoolExhausted(ServiceUnavailable): ...
+class PoolExhausted(ServiceUnavailable):
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class DatabaseUnavailable(ServiceUnavailable): ...

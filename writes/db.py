@@ -29,7 +29,7 @@ from shared.config import Settings
 from shared.consistency import lsn_from_text
 from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
 from shared.errors import ApiError
-from shared.pools import Gate
+from shared.pools import Admission, Gate
 from shared.roles import write_session
 from shared.sides import CURRENT_REVISION_SQL, resources
 from shared.slowlog import SlowStatements
@@ -163,17 +163,29 @@ class WritePool:
         result, _ = await self._run(work, shed=shed, mark=False)
         return result
 
-    async def run_marked(self, work: Callable[[AsyncSession], Awaitable[T]]) -> tuple[T, int | None]:
+    async def run_marked(
+        self, work: Callable[[AsyncSession], Awaitable[T]], admission: Admission | None = None
+    ) -> tuple[T, int | None]:
         """``run``, and where the primary's WAL stood right after the commit (``shared.consistency``)
-        when queries may read replicas (READ_DATABASE_URL set); else None, at no cost."""
-        return await self._run(work, shed=True, mark=self.marks_commits)
+        when queries may read replicas (READ_DATABASE_URL set); else None, at no cost. With the
+        command's ``admission`` (``Gate.admit``), its first attempt is not refused for a full queue."""
+        return await self._run(work, shed=True, mark=self.marks_commits, admission=admission)
 
     async def _run(
-        self, work: Callable[[AsyncSession], Awaitable[T]], *, shed: bool, mark: bool
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        shed: bool,
+        mark: bool,
+        admission: Admission | None = None,
     ) -> tuple[T, int | None]:
         for attempt in range(1, ATTEMPTS + 1):
+            entry, admission = admission, None  # the admission counts for the first attempt only
             try:
-                async with self.gate.slot(self.timeout, shed=shed), self.engine.connect() as connection:
+                async with (
+                    self.gate.slot(self.timeout, shed=shed, admission=entry),
+                    self.engine.connect() as connection,
+                ):
                     async with self.sessions(bind=connection) as session, session.begin():
                         result = await work(session)
                     # Committed. The position is read on the same connection, after the commit.

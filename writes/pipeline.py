@@ -20,6 +20,7 @@ from shared.auth import bearer_token
 from shared.dto import EventType
 from shared.errors import NotJson
 from shared.http import ENCODER, decode_json, etag, is_json, read_body
+from shared.pools import Admission
 from shared.sides import resources
 from writes import events, idempotency
 from writes.db import POSITIONS_EVENTS, write_pool
@@ -41,6 +42,7 @@ class Incoming(Generic[T]):
 
     command: T
     claim: Claim | None
+    admission: Admission  # its place at the write pool's gate, reserved as it arrived
 
 
 async def accept(
@@ -52,11 +54,17 @@ async def accept(
     key = idempotency.idempotency_key(request)
     if wrong_media is not None:
         raise NotJson(wrong_media)
-    # Overload is answered before the body is read (shared.pools.Gate.refuse_if_full).
-    write_pool(request).gate.refuse_if_full()
-    body = await read_body(request, limit, within=settings.body_timeout)
-    command = decode(body)
-    return Incoming(command, None if key is None else idempotency.claim_for(request, token, key, body))
+    # Overload is answered before the body is read, and a command admitted keeps its place in the
+    # queue while it reads its body (shared.pools.Gate.admit): ``execute`` hands the place over.
+    admission = write_pool(request).gate.admit()
+    try:
+        body = await read_body(request, limit, within=settings.body_timeout)
+        command = decode(body)
+        claim = None if key is None else idempotency.claim_for(request, token, key, body)
+    except BaseException:
+        admission.release()
+        raise
+    return Incoming(command, claim, admission)
 
 
 async def accept_json(request: Request, type_: type[T]) -> Incoming[T]:
@@ -101,7 +109,10 @@ async def execute(
             await events.append(session, [NewEvent(event, subject, response.body.decode())])
         return response, False, session.info.get(events.APPENDED)
 
-    (stored, replayed, appended), position = await write_pool(request).run_marked(unit_of_work)
+    try:
+        (stored, replayed, appended), position = await write_pool(request).run_marked(unit_of_work, incoming.admission)
+    finally:
+        incoming.admission.release()  # given up on entering; here whatever happened before
     if appended:
         events.count_committed(appended)
     headers = {**stored.headers, "Idempotent-Replayed": "true"} if replayed else dict(stored.headers)

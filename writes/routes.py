@@ -80,8 +80,8 @@ def product_change(
 
     @operation(summary, tag="products", body=body, headers=IDEMPOTENT, responses=responses)
     async def endpoint(request: Request) -> Response:
+        product_id = path_id(request, "product")  # before the admission: nothing may come between it and execute
         incoming = await accept_json(request, body)
-        product_id = path_id(request, "product")
         return await execute(request, incoming, lambda s: handler(product_id, incoming.command, s), ok, event)
 
     return Route(path, endpoint, methods=["POST"])
@@ -101,8 +101,8 @@ def transition(
         responses={200: OrderView, 404: Problem, 409: Problem, 412: Problem, **REFUSALS},
     )
     async def endpoint(request: Request) -> Response:
+        order_id, if_match = path_id(request, "order"), if_match_versions(request)  # before the admission
         incoming = await accept_empty(request)
-        order_id, if_match = path_id(request, "order"), if_match_versions(request)
         return await execute(request, incoming, lambda s: handler(order_id, if_match, s), ok, event)
 
     return Route(path, endpoint, methods=["POST"])
