@@ -62,8 +62,7 @@ async def analyze(url: str) -> None:
 
 @asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[WritePool]:
-    pool = await WritePool.open(settings)
-    events.position_events(pool)
+    pool = await events.open_pool(settings)
     try:
         yield pool
     finally:

@@ -248,10 +248,13 @@ async def test_a_command_answers_once_its_event_is_in_the_feed_even_under_concur
     """Events are positioned after their commit, a round for every command that committed before it
     began: each answer comes after its own event is readable, with no wait."""
     seen = (await feed(client))["next_cursor"]
-    created = await asyncio.gather(*(shop.customer(email=f"c{n}@example.com") for n in range(12)))
-    for customer in created:
-        own = await feed(client, after=seen, limit=1000)
-        assert customer in [e["data"] for e in own["items"]]
+
+    async def created_and_read_at_once(n: int) -> bool:
+        customer = await shop.customer(email=f"c{n}@example.com")
+        own = await feed(client, after=seen, limit=1000)  # no wait: as soon as the 201 is in
+        return customer in [e["data"] for e in own["items"]]
+
+    assert await asyncio.gather(*(created_and_read_at_once(n) for n in range(12))) == [True] * 12
     assert await db.fetchval("SELECT count(*) FROM events WHERE position IS NULL") == 0
     positions = await db.fetchval("SELECT array_agg(position ORDER BY position) FROM events")
     assert positions == list(range(1, len(positions) + 1))

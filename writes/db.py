@@ -220,9 +220,7 @@ class WritePool:
         transaction (each statement commits on its own), waiting its turn even when the queue is
         full. For background work of a round trip or two: SQLAlchemy's transaction would add two."""
         async with self.gate.slot(self.timeout, shed=False), self.engine.connect() as connection:
-            driver = (await connection.get_raw_connection()).driver_connection
-            assert isinstance(driver, asyncpg.Connection)
-            return await work(driver)
+            return await work(await _outside_transaction(connection))
 
     async def ping(self) -> None:
         await self.run(_select_one, shed=False)
@@ -264,14 +262,25 @@ STATEMENT_STARTED = "orders_api.statement_started"
 WAL_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
 
 
+async def _outside_transaction(connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under ``connection``, for statements that each commit on their own
+    (the ORM's connection would send BEGIN first)."""
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert isinstance(driver, asyncpg.Connection)
+    return driver
+
+
+async def wal_position(driver: asyncpg.Connection) -> int:
+    """Where the primary's WAL stands now (``WAL_POSITION``): one round trip."""
+    return lsn_from_text(await driver.fetchval(WAL_POSITION))
+
+
 async def _wal_position(connection: AsyncConnection) -> int | None:
-    """The primary's WAL position, on the driver directly: one round trip, no transaction (the
-    ORM's connection would send BEGIN first). The command has committed whatever happens here, so
-    a failure costs its response the token, never a 503 that would invite a second commit."""
+    """The primary's WAL position after a command's commit, on the driver directly. The command has
+    committed whatever happens here, so a failure costs its response the token, never a 503 that
+    would invite a second commit."""
     try:
-        driver = (await connection.get_raw_connection()).driver_connection
-        assert isinstance(driver, asyncpg.Connection)
-        return lsn_from_text(await driver.fetchval(WAL_POSITION))
+        return await wal_position(await _outside_transaction(connection))
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         log.warning("write pool: the commit's WAL position could not be read: %s: %s", type(exc).__name__, exc)
         return None

@@ -28,18 +28,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.consistency import lsn_from_text
+from shared.config import Settings
 from shared.dto import EventType
 from shared.errors import ApiError
 from shared.metrics import EVENTS_APPENDED, EVENTS_OLDEST_AGE_SECONDS, EVENTS_POSITION_ROUNDS
 from writes.db import (
     POSITIONS_EVENTS,
     SETTINGS,
-    WAL_POSITION,
     WritePool,
     driver_connection,
     in_batches,
     periodically,
+    wal_position,
     wrapped_like_sqlalchemy,
 )
 
@@ -242,8 +242,15 @@ def position_events(pool: WritePool) -> None:
 
     async def round_(driver: asyncpg.Connection) -> int | None:
         await position_all(driver)
-        return lsn_from_text(await driver.fetchval(WAL_POSITION)) if pool.marks_commits else None
+        return await wal_position(driver) if pool.marks_commits else None
 
     positioner = Positioner(partial(pool.on_driver, round_))
     pool.position_events = positioner.positioned
     pool.keep_running(positioner.run(), name=POSITIONER)
+
+
+async def open_pool(settings: Settings) -> WritePool:
+    """A write pool for commands (``WritePool.open``) with its positioner (``position_events``)."""
+    pool = await WritePool.open(settings)
+    position_events(pool)
+    return pool

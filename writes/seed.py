@@ -51,8 +51,7 @@ class SeedCounts:
 
 async def seed(settings: Settings, counts: SeedCounts, advance: Advance) -> None:
     """Write ``counts`` of demo rows, calling ``advance(n)`` as each batch of n rows lands."""
-    pool = await WritePool.open(settings)
-    events.position_events(pool)
+    pool = await events.open_pool(settings)
     try:
         customer_ids = await seed_customers(pool, counts.customers, advance)
         prices = await seed_products(pool, counts.products, advance)

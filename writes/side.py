@@ -19,10 +19,9 @@ async def open_write_side(
     expired idempotency keys and events past EVENTS_RETENTION every ``purge_every`` seconds while
     it is open. ``schema_head`` is for the read side's replicas, which replay a migration late;
     the primary's schema is /readyz's to check."""
-    pool = await WritePool.open(settings)
+    pool = await events.open_pool(settings)
     pool.keep_running(idempotency.purge_periodically(pool, purge_every), name=IDEMPOTENCY_PURGE)
     pool.keep_running(events.purge_periodically(pool, purge_every), name=EVENTS_PURGE)
-    events.position_events(pool)
     return pool
 
 

@@ -36,8 +36,7 @@ def run(ctx: Context) -> list[Measurement]:
 
 
 async def measure(ctx: Context) -> list[Measurement]:
-    pool = await WritePool.open(Settings(database_url=ctx.database_url))
-    events.position_events(pool)  # the import command answers once its events are positioned
+    pool = await events.open_pool(Settings(database_url=ctx.database_url))
     try:
         orders = await some_orders(ctx.database_url, ctx.sizes.bulk_orders, ctx.sizes.customers)
         contenders: dict[str, Callable[[list[ImportedOrder]], Awaitable[object]]] = {
