@@ -30,6 +30,7 @@ from service.tracing import from_environment, requested
 from shared.config import ConfigError, Settings, asyncpg_dsn
 from shared.roles import READ_ROLE, WRITE_ROLE, SessionSettingsWrong, role_statements
 from shared.sides import Side
+from writes.events import POSITIONER_CONNECTIONS
 
 DATA_DIR = click.option(
     "--data-dir",
@@ -333,7 +334,9 @@ class Budget:
 def connection_budget(settings: Settings, workers: int, max_connections: int, reserved: int) -> Budget:
     """Only the pools of ``settings.orders_api_role`` count: a reads process opens no write connection."""
     role = settings.orders_api_role
-    write = 0 if role == "reads" else settings.write_pool_size + settings.write_pool_max_overflow
+    # A process that runs commands also holds its event positioner's connection (writes.events).
+    pooled = settings.write_pool_size + settings.write_pool_max_overflow
+    write = 0 if role == "reads" else pooled + POSITIONER_CONNECTIONS
     read = 0 if role == "writes" else settings.read_pool_max_size
     return Budget(write, read, workers, max_connections, reserved)
 
@@ -379,7 +382,7 @@ def pool_report(settings: Settings, workers: int, max_connections: int, reserved
             f"  READ_STATEMENT_CACHE_SIZE={settings.read_statement_cache_size}"
             f"  READ_STATEMENT_TIMEOUT_MS={settings.read_statement_timeout_ms}",
             f"PGBOUNCER={settings.pgbouncer}",
-            "connection budget",
+            "connection budget (the write side's count includes the event positioner's own connection)",
             f"  per worker: {budget.write_per_worker} write + {budget.read_per_worker} read = {budget.per_worker}",
             f"  x {workers} worker(s) = {budget.needed}",
             f"  server max_connections={max_connections}, reserved={reserved}: {budget.available} for clients"

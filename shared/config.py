@@ -84,7 +84,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     ] = 1800
     write_pool_pre_ping: Annotated[
         bool,
-        Meta(description="Test a write connection at checkout, so one the server dropped is replaced, not used."),
+        Meta(
+            description="Test a write connection at checkout, so one the server dropped is replaced, not used"
+            " (one given back less than 0.5 s ago is not tested again)."
+        ),
     ] = True
     write_statement_timeout_ms: Annotated[
         TimeoutMs,

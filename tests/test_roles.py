@@ -119,9 +119,9 @@ def test_serve_refuses_workers_whose_pools_exceed_max_connections_naming_numbers
     result = serve_and_exit("--workers", "2", env=serve_env(database_url, READ_POOL_MAX_SIZE=str(read_max)))
     assert result.returncode != 0
     message = result.stdout + result.stderr
-    needed = 2 * (5 + read_max)
+    needed = 2 * (6 + read_max)  # 5 pooled write connections and the event positioner's
     for part in (
-        f"2 worker(s) x (5 write + {read_max} read) = {needed}",
+        f"2 worker(s) x (6 write + {read_max} read) = {needed}",
         f"max_connections={max_connections} minus {reserved} reserved",
         f"leaves {max_connections - reserved}",
         "WRITE_POOL_SIZE, WRITE_POOL_MAX_OVERFLOW, READ_POOL_MAX_SIZE, --workers",
@@ -138,7 +138,7 @@ def test_only_the_pools_of_the_role_count_against_the_budget(database_url: str, 
     refused = serve_and_exit("--workers", "2", "--role", "writes", env={**env, "WRITE_POOL_SIZE": "1000"})
     assert refused.returncode != 0
     message = refused.stdout + refused.stderr
-    assert "(1000 write + 0 read)" in message, message
+    assert "(1001 write + 0 read)" in message, message
     assert "Lower WRITE_POOL_SIZE, WRITE_POOL_MAX_OVERFLOW, --workers" in message, message
 
     log = tmp_path / "serve.log"

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.salesblocks import rolled_up
-from writes.db import SETTINGS
+from writes.db import SETTINGS, OnDriver
 
 
 class Change(NamedTuple):
@@ -57,7 +57,8 @@ IMPORTED = Change(placed=1, sold=1, sold_only_if_paid=True)
 _LONGER_BLOCKS, _ALL_BLOCKS = rolled_up("day_sales")
 
 # Three inserts are unreferenced data-modifying CTEs and the fourth is the main statement: one round trip.
-RECORD = text(f"""
+RECORD = OnDriver(
+    text(f"""
     WITH changed AS (
         SELECT id, customer_id, total_cents, (created_at AT TIME ZONE 'UTC')::date AS day,
                :sold <> 0 AND (NOT :sold_only_if_paid OR status IN ('paid', 'shipped')) AS sold
@@ -108,34 +109,37 @@ RECORD = text(f"""
        SET order_count = t.order_count + EXCLUDED.order_count,
            lifetime_value_cents = t.lifetime_value_cents + EXCLUDED.lifetime_value_cents
 """).bindparams(  # noqa: S608 - composed of constants only; every value is a bound parameter
-    bindparam("ids", type_=ARRAY(BigInteger)),
-    bindparam("first", type_=BigInteger),
-    bindparam("last", type_=BigInteger),
-    bindparam("placed", type_=Integer),
-    bindparam("sold", type_=Integer),
-    bindparam("sold_only_if_paid", type_=Boolean),
-    bindparam("stripes", type_=Integer),
+        bindparam("ids", type_=ARRAY(BigInteger)),
+        bindparam("first", type_=BigInteger),
+        bindparam("last", type_=BigInteger),
+        bindparam("placed", type_=Integer),
+        bindparam("sold", type_=Integer),
+        bindparam("sold_only_if_paid", type_=Boolean),
+        bindparam("stripes", type_=Integer),
+    )
 )
 
 
 # A placed order is pending: it only counts for its customer. This is the whole of what placing adds,
 # one round trip of a single-row upsert (RECORD would do the same, planning three more inserts).
-COUNT_PLACED = text("""
+COUNT_PLACED = OnDriver(
+    text("""
     INSERT INTO customer_totals AS t (customer_id, order_count, lifetime_value_cents)
     VALUES (:customer_id, 1, 0)
     ON CONFLICT (customer_id) DO UPDATE SET order_count = t.order_count + 1
 """).bindparams(bindparam("customer_id", type_=BigInteger))
+)
 
 
 async def record_placed(session: AsyncSession, customer_id: int) -> None:
     """Count an order just placed for ``customer_id``."""
-    await session.execute(COUNT_PLACED, {"customer_id": customer_id})
+    await COUNT_PLACED.execute(session, {"customer_id": customer_id})
 
 
 async def record(session: AsyncSession, change: Change, order_ids: Collection[int]) -> None:
     """Add what ``change`` did to ``order_ids`` (rows this transaction already wrote) to the read models."""
-    await session.execute(
-        RECORD,
+    await RECORD.execute(
+        session,
         {
             "ids": list(order_ids),
             "first": min(order_ids),

@@ -35,8 +35,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from sqlalchemy import TextClause
-from sqlalchemy.engine import make_url
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -47,8 +45,6 @@ from shared.dto import PlaceOrder
 from writes import readmodels
 from writes.events import APPEND, Positioner, position_all
 
-ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()
-
 
 class Refused(Exception):
     """A command the domain refuses: its transaction rolls back and the client hears ``status``."""
@@ -58,15 +54,10 @@ class Refused(Exception):
         self.status = status
 
 
-def positional(clause: TextClause) -> tuple[str, tuple[str, ...]]:
-    """``clause`` as the service sends it through asyncpg (``$n`` with the same casts), and the names
-    of its ``$n`` parameters in order."""
-    compiled = clause.compile(dialect=ASYNCPG())
-    return compiled.string, tuple(compiled.positiontup or ())
-
-
-RECORD, RECORD_PARAMETERS = positional(readmodels.RECORD)
-COUNT_PLACED, _ = positional(readmodels.COUNT_PLACED)
+# The read models' statements as the service sends them on the driver (``$n`` with the same casts),
+# and the names of their ``$n`` parameters in order.
+RECORD, RECORD_PARAMETERS = readmodels.RECORD.sql, readmodels.RECORD.names
+COUNT_PLACED = readmodels.COUNT_PLACED.sql
 
 CUSTOMER_EXISTS = "SELECT EXISTS (SELECT FROM customers WHERE id = $1)"
 # In id order, as the service locks them: two orders sharing products queue instead of deadlocking.

@@ -57,8 +57,8 @@ def test_pools_shows_both_pools_and_the_budget(database_url: str) -> None:
     assert code == 0, output
     assert "WRITE_POOL_SIZE=4" in output
     assert "READ_POOL_MAX_SIZE=6" in output
-    assert "per worker: 4 write + 6 read = 10" in output
-    assert "x 3 worker(s) = 30" in output
+    assert "per worker: 5 write + 6 read = 11" in output  # 4 pooled and the event positioner's
+    assert "x 3 worker(s) = 33" in output
     assert "max_connections=" in output
     assert "fits" in output
 

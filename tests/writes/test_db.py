@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import writes.db
 from shared.config import Settings
 from shared.errors import DatabaseUnavailable, ServiceUnavailable
 from writes.db import WritePool, create_write_engine
@@ -64,11 +65,57 @@ async def test_pooled_connections_that_died_while_idle_are_replaced_at_checkout(
 ) -> None:
     """WRITE_POOL_PRE_PING (on by default): after a restart of the server's backends, every unit of
     work gets a live connection, not a 503."""
+    await asyncio.sleep(writes.db.PING_BYPASS)  # idle: tested at checkout (the bypass window is past)
     killed = await db.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
         WRITE_APPLICATION,
     )
     assert killed == 5  # the whole pool, opened at start-up
+    for _ in range(10):
+        assert await pool.run(select_value) == 1
+
+
+async def test_a_connection_given_back_a_moment_ago_is_not_tested_again_and_an_idle_one_is(
+    pool: WritePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WRITE_POOL_PRE_PING's bypass window (``PING_BYPASS``): under load every checkout is a
+    connection that worked a moment ago, and testing it would cost each command a round trip."""
+    pinged = 0
+    execute = asyncpg.Connection.execute
+
+    async def counting(self: asyncpg.Connection, query: str, *args: object, **kwargs: object) -> str:
+        nonlocal pinged
+        pinged += query == "SELECT 1"
+        status: str = await execute(self, query, *args, **kwargs)
+        return status
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", counting)
+    monkeypatch.setattr(writes.db, "PING_BYPASS", 0.3)
+    await asyncio.sleep(0.3)
+    for _ in range(5):  # the pool hands out the connection idle longest: each of the five, tested
+        await pool.run(select_one)
+    assert pinged == 5
+    for _ in range(20):  # each given back a moment ago
+        await pool.run(select_one)
+    assert pinged == 5
+    await asyncio.sleep(0.3)
+    await pool.run(select_one)
+    assert pinged == 6
+
+
+async def test_a_connection_the_server_closed_a_moment_after_its_use_is_replaced_without_a_test(
+    pool: WritePool, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside the bypass window, a connection whose server closed it is still replaced: the driver
+    saw its socket close (``is_closed``), at no cost."""
+    monkeypatch.setattr(writes.db, "PING_BYPASS", 60.0)
+    for _ in range(5):
+        await pool.run(select_one)
+    await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", WRITE_APPLICATION
+    )
+    for _ in range(50):  # the backends' exits reach the pool's sockets
+        await asyncio.sleep(0.02)
     for _ in range(10):
         assert await pool.run(select_value) == 1
 
