@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple, NoReturn, Protocol, cast
 
 from sqlalchemy import BigInteger, Boolean, Integer, Row, String, any_, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.dto import OrderCustomer, OrderItemView, OrderStatus, OrderView, PlaceOrder
 from shared.errors import InsufficientStock, InvalidInput, InvalidTransition, NotFound, VersionMismatch
@@ -43,8 +45,12 @@ CANCEL = Transition("cancel", ("pending", "paid"), "cancelled")
 async def place_order(command: PlaceOrder, session: AsyncSession) -> OrderView:
     wanted = requested_quantities(command.items)
     taken = await take_stock(session, command.customer_id, wanted)
+    # The order's id and its timestamps came back with the stock (MOVE_STOCK): every column is set
+    # here, so the flush sends plain INSERTs, with nothing to return, and the items are rows of a
+    # known order, not members of a collection the flush would cascade through.
     items = [
         OrderItem(
+            order_id=taken.order_id,
             line_no=n,
             product_id=line.product_id,
             quantity=line.quantity,
@@ -53,17 +59,22 @@ async def place_order(command: PlaceOrder, session: AsyncSession) -> OrderView:
         for n, line in enumerate(command.items, start=1)
     ]
     # The customer is set by id: the session holds only what this command adds, so the flush has
-    # no loaded customer to cascade through (TAKE_STOCK read the columns the view needs of it).
+    # no loaded customer to cascade through (MOVE_STOCK read the columns the view needs of it).
     order = Order(
+        id=taken.order_id,
         customer_id=command.customer_id,
         status="pending",
         item_count=sum(item.quantity for item in items),
         total_cents=sum(item.quantity * item.unit_price_cents for item in items),
-        items=items,
+        took_stock=True,
+        version=1,
+        created_at=taken.now,
+        updated_at=taken.now,
     )
     session.add(order)
-    # The INSERT returns id, version and both timestamps: the view shows what the row holds.
+    session.add_all(items)
     await session.flush()
+    set_committed_value(order, "items", items)  # what the view reads, loaded without a query
     await readmodels.record_placed(session, command.customer_id)
     return order_view(order, taken.customer, taken.products)
 
@@ -110,10 +121,13 @@ class Described(NamedTuple):
 
 
 class Taken(NamedTuple):
-    """What placing an order read while taking its stock: the customer and the products, by id."""
+    """What placing an order read while taking its stock: the customer and the products, by id,
+    and the new order's id and creation time."""
 
     customer: OrderCustomer
     products: dict[int, Described]
+    order_id: int
+    now: datetime
 
 
 # Moves stock by a delta per product in one round trip, taken (< 0) or returned (> 0): the products
@@ -123,10 +137,14 @@ class Taken(NamedTuple):
 # FOR NO KEY UPDATE: the key is not changed, so foreign-key checks and an import's FOR KEY SHARE on
 # the same rows go on. A product that is short, or unknown, matches no row and is not returned.
 # Placing an order names its customer, whose columns come back on every row (the order's view shows
-# them): one round trip instead of two. An unknown customer moves nothing; a cancel names none.
-MOVE_STOCK = text("""
+# them), with the new order's id drawn from its identity and the transaction's now(), the column
+# defaults the order's INSERT would otherwise return: one round trip instead of two. An unknown
+# customer moves nothing; a cancel names none, and draws no id.
+MOVE_STOCK = (
+    text("""
     WITH customer AS MATERIALIZED (
-        SELECT email, name FROM customers WHERE id = :customer_id
+        SELECT email, name, nextval(pg_get_serial_sequence('orders', 'id')) AS order_id, now() AS now
+          FROM customers WHERE id = :customer_id
     ),
     locked AS MATERIALIZED (
         SELECT id FROM products WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE
@@ -136,11 +154,15 @@ MOVE_STOCK = text("""
       FROM locked JOIN unnest(:ids, :deltas) AS d (id, delta) ON d.id = locked.id
            LEFT JOIN customer ON true
      WHERE p.id = d.id AND p.stock + d.delta >= 0 AND (:customer_id IS NULL OR customer.email IS NOT NULL)
-    RETURNING p.id, p.sku, p.name, p.price_cents, customer.email AS customer_email, customer.name AS customer_name
-""").bindparams(
-    bindparam("customer_id", type_=BigInteger),
-    bindparam("ids", type_=ARRAY(BigInteger)),
-    bindparam("deltas", type_=ARRAY(BigInteger)),
+    RETURNING p.id, p.sku, p.name, p.price_cents, customer.email AS customer_email, customer.name AS customer_name,
+              customer.order_id, customer.now
+""")
+    .bindparams(
+        bindparam("customer_id", type_=BigInteger),
+        bindparam("ids", type_=ARRAY(BigInteger)),
+        bindparam("deltas", type_=ARRAY(BigInteger)),
+    )
+    .columns(now=Timestamp)
 )
 STOCKS = select(Product.id, Product.stock).where(Product.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
 CUSTOMER_EXISTS = select(Customer.id).where(Customer.id == bindparam("customer_id", type_=BigInteger))
@@ -159,8 +181,10 @@ async def take_stock(session: AsyncSession, customer_id: int, wanted: dict[int, 
     rows = await moved_stock(session, customer_id, {product_id: -quantity for product_id, quantity in wanted.items()})
     if len(rows) < len(wanted):
         await explain_shortage(session, customer_id, wanted, {row.id for row in rows})
-    customer = OrderCustomer(id=customer_id, email=rows[0].customer_email, name=rows[0].customer_name)
-    return Taken(customer, {row.id: Described(row.id, row.sku, row.name, row.price_cents) for row in rows})
+    first = rows[0]
+    customer = OrderCustomer(id=customer_id, email=first.customer_email, name=first.customer_name)
+    products = {row.id: Described(row.id, row.sku, row.name, row.price_cents) for row in rows}
+    return Taken(customer, products, first.order_id, first.now)
 
 
 async def explain_shortage(
