@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import asyncpg
 import sqlalchemy.exc
@@ -219,6 +220,7 @@ class WritePool:
                 ):
                     async with self.sessions(bind=connection) as session, session.begin():
                         result = await work(session)
+                        await send_deferred(session)  # the read models', when no event took it along
                     # Committed. The position is read on the same connection, after the commit.
                     if self.position_events is None or not session.info.get(POSITIONS_EVENTS):
                         return result, await _wal_position(connection) if mark else None
@@ -363,11 +365,60 @@ class OnDriver:
         compiled = statement.compile(dialect=ASYNCPG_DIALECT)
         self.sql = str(compiled)
         self.names = tuple(compiled.positiontup or ())
+        self._preceded: dict[str, str] = {}
 
-    async def execute(self, session: AsyncSession, parameters: Mapping[str, Any]) -> None:
-        driver = driver_connection(session)
-        async with wrapped_like_sqlalchemy(driver, self.sql):
-            await driver.execute(self.sql, *(parameters[name] for name in self.names))
+    async def defer(self, session: AsyncSession, parameters: Mapping[str, Any]) -> None:
+        """Send this with the unit of work's next statement on the driver (``execute_on_driver``),
+        or alone just before its commit (``send_deferred``): a round trip fewer. For a command's
+        last statement, the read models', whose effects nothing after it in the unit of work reads."""
+        await send_deferred(session)  # one at a time
+        session.info[DEFERRED] = Deferred(self, [parameters[name] for name in self.names])
+
+    def preceded_by(self, statement: str) -> str:
+        """One statement that runs ``statement`` (data-modifying, $1...$n, no WITH of its own), then
+        this: ``statement`` becomes an unreferenced data-modifying CTE, which PostgreSQL runs to
+        completion whatever the main statement reads. Its parameters follow this one's."""
+        found = self._preceded.get(statement)
+        if found is None:
+            shift = len(self.names)
+            shifted = re.sub(r"\$(\d+)", lambda number: f"${int(number[1]) + shift}", statement)
+            body = self.sql.lstrip()
+            if body[: len("WITH ")].upper() == "WITH ":
+                found = f"WITH preceding AS ({shifted}),{body[len('WITH') :]}"
+            else:
+                found = f"WITH preceding AS ({shifted})\n{body}"
+            self._preceded[statement] = found
+        return found
+
+
+class Deferred(NamedTuple):
+    statement: OnDriver
+    arguments: list[Any]
+
+
+DEFERRED = "orders_api.deferred"  # the session's info key: a statement left for a later round trip
+
+
+async def send_deferred(session: AsyncSession) -> None:
+    """Send what ``OnDriver.defer`` left, alone. ``WritePool.run`` calls this before each commit."""
+    deferred = session.info.pop(DEFERRED, None)
+    if deferred is not None:
+        await _on_driver(session, deferred.statement.sql, deferred.arguments)
+
+
+async def execute_on_driver(session: AsyncSession, statement: str, arguments: Sequence[Any]) -> None:
+    """``statement`` on the session's driver, inside its transaction, with what ``OnDriver.defer``
+    left in the same round trip (``OnDriver.preceded_by``)."""
+    deferred = session.info.pop(DEFERRED, None)
+    if deferred is not None:
+        statement, arguments = deferred.statement.preceded_by(statement), [*deferred.arguments, *arguments]
+    await _on_driver(session, statement, arguments)
+
+
+async def _on_driver(session: AsyncSession, statement: str, arguments: Sequence[Any]) -> None:
+    driver = driver_connection(session)
+    async with wrapped_like_sqlalchemy(driver, statement):
+        await driver.execute(statement, *arguments)
 
 
 @asynccontextmanager

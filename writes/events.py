@@ -37,11 +37,10 @@ from writes.db import (
     SETTINGS,
     WritePool,
     driver_connect_args,
-    driver_connection,
+    execute_on_driver,
     in_batches,
     periodically,
     wal_position,
-    wrapped_like_sqlalchemy,
 )
 
 log = logging.getLogger("orders_api.events")
@@ -69,14 +68,12 @@ APPEND = """
 async def append(session: AsyncSession, events: Sequence[NewEvent]) -> None:
     """Append ``events`` in the session's transaction, in this order. On the driver directly: a
     single-view command appends one on every call, and SQLAlchemy's execution costs three times
-    the statement itself (measured: 75 against 260 microseconds of CPU)."""
+    the statement itself (measured: 75 against 260 microseconds of CPU). The command's read-model
+    statement (``writes.readmodels``, deferred) goes in the same round trip."""
     if not events:
         return
-    driver = driver_connection(session)
-    async with wrapped_like_sqlalchemy(driver, "INSERT INTO events"):
-        await driver.execute(
-            APPEND, [event.type for event in events], [event.subject_id for event in events], [e.data for e in events]
-        )
+    arguments = [[event.type for event in events], [event.subject_id for event in events], [e.data for e in events]]
+    await execute_on_driver(session, APPEND, arguments)
     appended: Counter[str] = session.info.setdefault(APPENDED, Counter())
     appended.update(event.type for event in events)
     session.info[POSITIONS_EVENTS] = True

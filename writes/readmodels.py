@@ -133,12 +133,12 @@ COUNT_PLACED = OnDriver(
 
 async def record_placed(session: AsyncSession, customer_id: int) -> None:
     """Count an order just placed for ``customer_id``."""
-    await COUNT_PLACED.execute(session, {"customer_id": customer_id})
+    await COUNT_PLACED.defer(session, {"customer_id": customer_id})
 
 
 async def record(session: AsyncSession, change: Change, order_ids: Collection[int]) -> None:
     """Add what ``change`` did to ``order_ids`` (rows this transaction already wrote) to the read models."""
-    await RECORD.execute(
+    await RECORD.defer(
         session,
         {
             "ids": list(order_ids),

@@ -17,8 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import writes.db
 from shared.config import Settings
+from shared.dto import OrderLine, PlaceOrder
 from shared.errors import DatabaseUnavailable, ServiceUnavailable
 from writes.db import WritePool, create_write_engine
+from writes.handlers.orders import place_order
 from writes.models import Product
 
 WRITE_APPLICATION = "orders-api:write"  # the write pool's application_name (shared.roles)
@@ -168,3 +170,22 @@ async def test_a_server_refusing_connections_is_database_unavailable(
     finally:
         await refused.close()
         await db.execute(f"DROP ROLE {role}")
+
+
+async def test_a_read_model_statement_no_event_took_along_is_sent_before_the_commit(
+    pool: WritePool, db: asyncpg.Connection
+) -> None:
+    """``readmodels.record_placed`` defers its statement to the event's round trip
+    (``writes.db.OnDriver.defer``); a unit of work that appends no event still commits it."""
+    customer = await db.fetchval("INSERT INTO customers (email, name) VALUES ('ada@example.com', 'Ada') RETURNING id")
+    product = await db.fetchval(
+        "INSERT INTO products (sku, name, price_cents, stock) VALUES ('A-1', 'a', 100, 5) RETURNING id"
+    )
+    command = PlaceOrder(customer_id=customer, items=[OrderLine(product_id=product, quantity=2)])
+    view = await pool.run(partial(place_order, command))
+    assert view.total_cents == 200
+    totals = await db.fetchrow(
+        "SELECT order_count, lifetime_value_cents FROM customer_totals WHERE customer_id = $1", customer
+    )
+    assert tuple(totals) == (1, 0)
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
