@@ -21,7 +21,7 @@ from service import docs
 from service.compression import COMPRESSION
 from service.cors import cors
 from service.logs import RequestLog
-from service.metrics import RequestMetrics, metrics
+from service.metrics import RequestMetrics, metrics, publishing_sizes
 from service.schema import head_revision
 from service.tracing import Tracing
 from shared.config import ConfigError, Settings
@@ -65,6 +65,7 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES, tracing: T
             resources = Resources(settings=settings, pools=pools, schema_head=head)
             if tracing is not None:
                 stack.enter_context(tracing.instrumenting(pools))
+            await stack.enter_async_context(publishing_sizes(pools.values()))
             # Requests reach it through shared.sides.resources(request); operations tooling and
             # tests through app.state.resources.
             app.state.resources = resources
@@ -107,8 +108,8 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES, tracing: T
                 access_log=settings.access_log,
                 internal_error=internal_error,
                 trace_ids=None if tracing is None else tracing.ids,
+                metrics=RequestMetrics(),
             ),
-            Middleware(RequestMetrics),
             COMPRESSION,
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},

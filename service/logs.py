@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 from starlette.requests import Request
@@ -99,10 +99,16 @@ class AccessLine(msgspec.Struct, omit_defaults=True):
 ACCESS_LINE = msgspec.json.Encoder()
 
 
+class RequestObserver(Protocol):
+    def observe(self, scope: Scope, status: int, seconds: float) -> None: ...
+
+
 class RequestLog:
     """Pure ASGI, the outermost of the app's middleware. Gives each request its id (echoed in
-    ``X-Request-Id``), writes its access line when ``ACCESS_LOG=json``, and is the one place an
-    unexpected exception is logged: once, with the request's route, method, id and traceback.
+    ``X-Request-Id``), writes its access line when ``ACCESS_LOG=json``, counts and times it for
+    /metrics (``metrics``, service.metrics.RequestMetrics: its status is the one sent, or 500 when
+    the app raised before sending one), and is the one place an unexpected exception is logged:
+    once, with the request's route, method, id and traceback.
 
     The exception is answered here (``internal_error``'s 500) rather than re-raised: Starlette's
     ServerErrorMiddleware would re-raise it, and uvicorn would log it a second time without the
@@ -115,8 +121,10 @@ class RequestLog:
         access_log: AccessLog,
         internal_error: ErrorResponse,
         trace_ids: TraceIds | None = None,
+        metrics: RequestObserver | None = None,
     ) -> None:
         self.app = app
+        self.metrics = metrics
         self.json = access_log == "json"  # "text" is uvicorn's own access log; "off" writes nothing
         self.internal_error = internal_error
         self.trace_ids = trace_ids  # service.tracing's, when it is on
@@ -148,9 +156,12 @@ class RequestLog:
             # Else the body was under way: returning without its end makes the server close the
             # connection, so the client sees a cut response, never a complete-looking one.
         finally:
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.observe(scope, 500 if status is None else status, elapsed)
             if self.json:
                 ids = None if self.trace_ids is None else self.trace_ids()
-                _write_access_line(current, status, time.perf_counter() - started, ids)
+                _write_access_line(current, status, elapsed, ids)
             CURRENT.reset(token)
 
 

@@ -110,3 +110,17 @@ async def test_a_cut_export_still_ends_as_an_incomplete_response_when_gzipped(
     assert "incomplete" in str(error)
     # The first batch was flushed whole: a client can use what arrived, and knows it is not all.
     assert received.count(b"\n") == 1000
+
+
+async def test_every_answer_to_a_client_without_gzip_varies_on_accept_encoding(
+    client: httpx.AsyncClient, shop: Shop
+) -> None:
+    """Such a client's answers skip the compressor (service.compression.Compression); a cache in
+    between still keeps them apart from the answers a gzip client may get."""
+    product = await shop.product()
+    for headers in (IDENTITY, {"Accept-Encoding": ""}):
+        small, sent = await raw(client, f"/v1/products/{product['id']}", headers)
+        assert small.status_code == 200
+        assert "content-encoding" not in small.headers
+        assert int(small.headers["content-length"]) == len(sent)
+        assert "accept-encoding" in vary(small)
