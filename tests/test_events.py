@@ -294,6 +294,26 @@ async def test_a_failed_round_costs_the_command_nothing_and_the_next_round_posit
     assert [(e["type"], e["data"]) for e in page["items"]] == [("customer.created", customer)]
 
 
+async def test_the_rounds_open_their_connection_again_after_it_was_lost(
+    client: httpx.AsyncClient, shop: Shop, db: asyncpg.Connection
+) -> None:
+    """The positioner's own connection (writes.events.RoundConnection) dies with its backend: a
+    later round opens another, and every committed event reaches the feed."""
+    seen = (await feed(client))["next_cursor"]
+    first = await shop.customer()  # a round ran: its connection is open
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = $1 AND pid <> pg_backend_pid()",
+        events.POSITION,
+    )
+    assert killed == 1  # the rounds' connection, the only one that positions
+    second = await shop.customer(email="second@example.com")  # asserts the 201, whatever its round did
+    page = await feed(client, after=seen, wait=10)
+    items = page["items"]
+    if len(items) < 2:
+        items += (await feed(client, after=page["next_cursor"], wait=10))["items"]
+    assert [e["data"] for e in items] == [first, second]
+
+
 async def test_metrics_count_the_appended_events(client: httpx.AsyncClient, shop: Shop) -> None:
     def appended(text: str, type_: str) -> float:
         prefix = f'events_appended_total{{type="{type_}"}} '

@@ -154,9 +154,10 @@ POSITION_BATCH = 10_000
 SWEEP_EVERY = 1.0  # seconds: a round even when no command asks, for events a stopped process left
 
 
-async def position_all(driver: asyncpg.Connection, *, batch: int = POSITION_BATCH) -> None:
-    """Position every event committed before this call, ``batch`` a transaction."""
-    while await driver.fetchval(POSITION, batch) == batch:
+async def position_all(driver: asyncpg.Connection, *, batch: int = POSITION_BATCH, within: float | None = None) -> None:
+    """Position every event committed before this call, ``batch`` a transaction (each statement
+    within ``within`` seconds)."""
+    while await driver.fetchval(POSITION, batch, timeout=within) == batch:
         pass
 
 
@@ -240,22 +241,25 @@ class RoundConnection:
     A round is one statement that commits on its own. Through the pool it cost a place at the gate
     (held through the round's WAL flush, so the commands had one connection fewer), a checkout with
     its pre-ping, and SQLAlchemy's connection wrappers: 277 against 47 microseconds of CPU a round
-    (measured). The connection is opened at the first round and again after it was lost; a round
-    that does not finish within ``timeout`` seconds (a dead network answers nothing) closes it.
+    (measured). The connection is opened at the first round and again after a round failed on it
+    (a round's statements are bounded by ``timeout``: a dead network answers nothing).
     It takes the write side's connection settings (its role's, PgBouncer's), like the pool's."""
 
     def __init__(self, settings: Settings) -> None:
         self._dsn = asyncpg_dsn(settings.write_url)
         self._connect_args = driver_connect_args(settings)
-        self._timeout = settings.write_pool_timeout + settings.write_statement_timeout_ms / 1000
+        # A statement's bound: past the statement timeout (the server's own) by the connect's, for
+        # a dead network that answers nothing. With no statement timeout (0), none here either, as
+        # for the pool's statements. Connecting is bounded by its own timeout (the pool's).
+        statement = settings.write_statement_timeout_ms / 1000
+        self.timeout = settings.write_pool_timeout + statement if statement else None
         self._driver: asyncpg.Connection | None = None
 
     async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         try:
-            async with asyncio.timeout(self._timeout):
-                if self._driver is None or self._driver.is_closed():
-                    self._driver = await asyncpg.connect(self._dsn, **self._connect_args)
-                return await work(self._driver)
+            if self._driver is None or self._driver.is_closed():
+                self._driver = await asyncpg.connect(self._dsn, **self._connect_args)
+            return await work(self._driver)
         except BaseException:
             # Whatever state a failed or cut round left the connection in, the next opens another.
             self.close()
@@ -288,8 +292,8 @@ def position_events(pool: WritePool, settings: Settings) -> None:
     connection = RoundConnection(settings)
 
     async def round_(driver: asyncpg.Connection) -> int | None:
-        await position_all(driver)
-        return await wal_position(driver) if pool.marks_commits else None
+        await position_all(driver, within=connection.timeout)
+        return await wal_position(driver, within=connection.timeout) if pool.marks_commits else None
 
     async def rounds() -> None:
         try:
