@@ -37,11 +37,11 @@ from writes.db import (
     SETTINGS,
     WritePool,
     driver_connect_args,
-    execute_on_driver,
     in_batches,
     periodically,
     wal_position,
 )
+from writes.ondriver import execute_on_driver
 
 log = logging.getLogger("orders_api.events")
 

@@ -35,7 +35,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.salesblocks import rolled_up
-from writes.db import SETTINGS, OnDriver
+from writes.db import SETTINGS
+from writes.ondriver import OnDriver
 
 
 class Change(NamedTuple):

@@ -176,7 +176,7 @@ async def test_a_read_model_statement_no_event_took_along_is_sent_before_the_com
     pool: WritePool, db: asyncpg.Connection
 ) -> None:
     """``readmodels.record_placed`` defers its statement to the event's round trip
-    (``writes.db.OnDriver.defer``); a unit of work that appends no event still commits it."""
+    (``writes.ondriver.OnDriver.defer``); a unit of work that appends no event still commits it."""
     customer = await db.fetchval("INSERT INTO customers (email, name) VALUES ('ada@example.com', 'Ada') RETURNING id")
     product = await db.fetchval(
         "INSERT INTO products (sku, name, price_cents, stock) VALUES ('A-1', 'a', 100, 5) RETURNING id"

@@ -24,10 +24,10 @@ from shared.dto import ImportedOrder, ImportResult, OrderCustomer, OrderView
 from shared.errors import InvalidInput
 from shared.http import ENCODER
 from writes import events, readmodels
-from writes.db import driver_connection, wrapped_like_sqlalchemy
 from writes.events import NewEvent
 from writes.handlers.orders import Described, line_view_of
 from writes.models import Customer, Order, OrderItem, Product
+from writes.ondriver import driver_connection, wrapped_like_sqlalchemy
 
 
 @dataclass(frozen=True)
