@@ -200,8 +200,10 @@ class Positioner:
         waiting: asyncio.Future[int | None] | None = None
         try:
             while True:
+                # A timeout scope, not wait_for: no task is made for each wait.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wanted.wait(), self._sweep_every)
+                    async with asyncio.timeout(self._sweep_every):
+                        await self._wanted.wait()
                 self._wanted.clear()
                 waiting, self._next = self._next, None
                 position = await self._safely()
