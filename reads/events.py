@@ -6,6 +6,12 @@ be at or below it (a round commits its positions and the head together). So a pa
 position ``p`` is complete up to the head it read with it, and the next page starts where this one
 stopped: no event is skipped, whatever order transactions commit in.
 
+A command answers at its commit, before a round positions its events (``writes.events``). So the
+first page a request reads, when it reaches the end of the feed while its snapshot sees committed
+events still unpositioned, waits for the round that positions them (``settle``) and is read again:
+a consumer that reads the feed after a command's answer (after its Consistency-Token, on a replica)
+sees the command's events, and a consumer ahead of them waits a round, not its whole long-poll.
+
 A client waiting for something new holds no connection: each process reads the head once a period
 (EVENTS_POLL_MS) for all its waiting clients (``HeadWatch``), and a waiting client asks again once
 the head moved past its position. Polling alone, so it works behind PgBouncer and on replicas.
@@ -63,6 +69,7 @@ class StoredEvent(msgspec.Struct, frozen=True):
 class Rows(msgspec.Struct, frozen=True):
     head: int  # the last position given, as of this snapshot
     purged: int  # the last position purged: a cursor before it is a 410
+    pending: int | None  # the last committed event this snapshot sees still unpositioned (row id)
     items: list[StoredEvent]
 
 
@@ -73,6 +80,7 @@ def _page_sql(filtered: bool) -> str:
         SELECT json_build_object(
             'head', (SELECT last FROM events_head),
             'purged', (SELECT purged_through FROM events_horizon),
+            'pending', (SELECT max(id) FROM events WHERE position IS NULL),
             'items', coalesce((
                 SELECT json_agg(json_build_object(
                            'position', position, 'type', type, 'occurred_at', {instant("occurred_at")},
@@ -87,6 +95,13 @@ def _page_sql(filtered: bool) -> str:
 PAGE = _page_sql(filtered=False)
 PAGE_OF_TYPES = _page_sql(filtered=True)
 HEAD = "SELECT last::text FROM events_head"
+# Whether events up to this row id still wait for their round.
+UNPOSITIONED = "SELECT (EXISTS (SELECT FROM events WHERE position IS NULL AND id <= $1))::text"
+# How long a first page waits for a round: past the sweep (``writes.events.SWEEP_EVERY``, 1 s), which
+# positions the events of a process that stopped between a commit and its round. Asked again after
+# 1 ms, then twice as long each time, up to SETTLE_PERIOD_MAX.
+SETTLE_WITHIN = 2.0  # seconds
+SETTLE_PERIOD_MAX = 0.032
 
 
 class Fetched(msgspec.Struct, frozen=True):
@@ -96,8 +111,17 @@ class Fetched(msgspec.Struct, frozen=True):
     position: int
 
 
-async def read_page(db: Reader, after: int | None, limit: int, types: list[str] | None) -> Fetched:
-    rows = await db.value(PAGE if types is None else PAGE_OF_TYPES, Rows, after or 0, limit, types)
+async def read_page(
+    db: Reader, after: int | None, limit: int, types: list[str] | None, *, settle: bool = False
+) -> Fetched:
+    """The page after ``after``. With ``settle``, a page that reaches the end of the feed while
+    committed events wait for their round is read again once they have positions (or after
+    SETTLE_WITHIN, if no round comes: they then follow, positioned past this page)."""
+    sql = PAGE if types is None else PAGE_OF_TYPES
+    rows = await db.value(sql, Rows, after or 0, limit, types)
+    if settle and rows.pending is not None and len(rows.items) < limit:
+        await _positioned(db, rows.pending)
+        rows = await db.value(sql, Rows, after or 0, limit, types)
     start = rows.purged if after is None else after
     if start < rows.purged:
         raise EventsPurged(
@@ -109,6 +133,18 @@ async def read_page(db: Reader, after: int | None, limit: int, types: list[str] 
     items = rows.items
     end = items[-1].position if len(items) == limit else max(start, rows.head)
     return Fetched(EventPage(items=[_event(stored) for stored in items], next_cursor=_cursor(end)), end)
+
+
+async def _positioned(db: Reader, pending: int) -> None:
+    """Wait until every event up to row id ``pending`` has its position, SETTLE_WITHIN at most."""
+    deadline = time.monotonic() + SETTLE_WITHIN
+    period = 0.001
+    while await db.value(UNPOSITIONED, bool, pending):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(period, left))
+        period = min(2 * period, SETTLE_PERIOD_MAX)
 
 
 def _event(stored: StoredEvent) -> Event:
@@ -229,8 +265,8 @@ async def list_events(request: Request) -> Response:
         return await read_page(await reader(request), after, query.limit, types)
 
     # The first page is read before any byte is sent: a bad or purged cursor, an exhausted pool, are
-    # still proper problems.
-    first = await ask(after)
+    # still proper problems. It settles: it holds every event committed before the request.
+    first = await read_page(await reader(request), after, query.limit, types, settle=True)
     if STREAM_MEDIA_TYPE in request.headers.get("accept", ""):
         settings = resources(request).settings
         stream = _stream(request, first, ask, settings.events_stream_seconds)

@@ -198,7 +198,16 @@ class Head:
             return last
 
     async def set(self) -> None:
-        self.last = await self.now()
+        """Where the head stands once the rounds asked for by the last commands have run (commands
+        answer at their commit, before their round)."""
+        for _ in range(200):
+            async with self.lock:
+                waiting = await self.db.fetchval("SELECT EXISTS (SELECT FROM events WHERE position IS NULL)")
+            if not waiting:
+                self.last = await self.now()
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("events were still unpositioned 10 s after the writers stopped")
 
     def reached(self, received: list[Body]) -> bool:
         return self.last is not None and (position(received[-1]) if received else 0) >= self.last

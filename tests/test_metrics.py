@@ -142,6 +142,11 @@ async def test_in_use_and_waiting_follow_the_pools_and_every_acquire_is_timed(
         full = await scrape(client)
     created = await command
     after = await between_rounds(client)
+    for _ in range(100):  # the command answered at its commit; its positioning round follows
+        if after("events_position_rounds_total", result="ok") > before("events_position_rounds_total", result="ok"):
+            break
+        await asyncio.sleep(0.01)
+        after = await between_rounds(client)
 
     assert full("db_pool_in_use", pool="write") == gate.capacity
     assert full("db_pool_waiting", pool="write") == 1

@@ -42,7 +42,7 @@ log = logging.getLogger("orders_api.database")
 
 SETTINGS = "settings"  # the session's info key of the Settings (``WritePool`` sets it)
 # The session's info key a unit of work sets when its commit leaves events to position (it appended
-# some, or it replayed a command that did): ``WritePool.run`` then waits for a positioning round.
+# some): ``WritePool.run`` then asks for a positioning round, and answers without waiting for it.
 POSITIONS_EVENTS = "orders_api.positions_events"
 
 
@@ -143,10 +143,9 @@ class WritePool:
         self.tasks: list[asyncio.Task[None]] = []
         # Queries may read a replica only when the read side has its own database.
         self.marks_commits = settings.read_database_url is not None
-        # Installed by the write side (``writes.events.Positioner``): waits until the events of
-        # every command committed so far are positioned, and returns where the WAL then stood
-        # when ``marks_commits``.
-        self.position_events: Callable[[], Awaitable[int | None]] | None = None
+        # Installed by the write side (``writes.events.Positioner``): called after each commit that
+        # appended events, it asks for a round that positions them; it never waits.
+        self.events_committed: Callable[[], None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> WritePool:
@@ -221,10 +220,12 @@ class WritePool:
                     async with self.sessions(bind=connection) as session, session.begin():
                         result = await work(session)
                         await send_deferred(session)  # the read models', when no event took it along
-                    # Committed. The position is read on the same connection, after the commit.
-                    if self.position_events is None or not session.info.get(POSITIONS_EVENTS):
-                        return result, await _wal_position(connection) if mark else None
-                break
+                    # Committed: its events (if any) are positioned by the next round, which this
+                    # command does not wait for (``reads.events`` waits for them, reading the feed).
+                    if self.events_committed is not None and session.info.get(POSITIONS_EVENTS):
+                        self.events_committed()
+                    # The position is read on the same connection, after the commit.
+                    return result, await _wal_position(connection) if mark else None
             except sqlalchemy.exc.TimeoutError:
                 raise exhausted(WRITE, self.timeout) from None
             except (DBAPIError, OSError, TimeoutError) as exc:
@@ -238,15 +239,7 @@ class WritePool:
                     raise unavailable(failure, WRITE, exc) from None
             # Jittered, so two transactions that collided do not collide again in step.
             await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311 - jitter, not a secret
-        else:
-            raise AssertionError("unreachable: the last attempt returns, raises or breaks")
-        # Committed, with events to position: a round that begins after this commit positions them
-        # (on a connection of its own, so the slot and this connection were given back first), and
-        # the round's WAL position is past the commit and the positions. It never raises: the
-        # command has committed, and a 503 would invite a second commit.
-        assert self.position_events is not None
-        position = await self.position_events()
-        return result, position if mark else None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def ping(self) -> None:
         await self.run(_select_one, shed=False)

@@ -4,7 +4,9 @@ An event is a command's change to one resource: its type (``order.paid``), its s
 resource's type and id) and the resource's view after the change, as the command answered it. The
 feed (``reads.events``) serves them by position. A command only inserts them here, unpositioned;
 after its commit, a round of the ``Positioner`` gives the committed ones their positions (migration
-0008), before the command answers.
+0008). The command answers at its commit, without waiting for the round: a page of the feed read
+after the answer waits for it instead (``reads.events``), so a consumer still sees the command's
+events, and the command's answer is not held for a second commit and its WAL flush.
 
 A command with one view (creating, restocking, paying...) has its event appended by the pipeline
 after the handler (``writes.pipeline``), from the very bytes of its answer. The set-based commands
@@ -39,7 +41,6 @@ from writes.db import (
     driver_connect_args,
     in_batches,
     periodically,
-    wal_position,
 )
 from writes.ondriver import execute_on_driver
 
@@ -152,6 +153,8 @@ async def purge_periodically(pool: WritePool, every: float = PURGE_EVERY) -> Non
 POSITION = "SELECT events_position($1)"
 POSITION_BATCH = 10_000
 SWEEP_EVERY = 1.0  # seconds: a round even when no command asks, for events a stopped process left
+SPACING = 0.005  # seconds between the beginnings of two rounds, at least
+LAST_ROUND_WITHIN = 5.0  # seconds: the round a stopping process runs for its last commands
 
 
 async def position_all(driver: asyncpg.Connection, *, batch: int = POSITION_BATCH, within: float | None = None) -> None:
@@ -164,73 +167,71 @@ async def position_all(driver: asyncpg.Connection, *, batch: int = POSITION_BATC
 class Positioner:
     """Gives committed events their positions, a round at a time, for one process's commands.
 
-    A command that appended events waits, after its commit, for a round that begins after it
-    (``positioned``): its events are then in the feed when it answers, and the WAL position the
-    round returns is past them, so its Consistency-Token shows them on a replica too. Commands
-    that commit while a round runs share the next one: under load a round positions many commands'
-    events in one transaction, instead of each commit holding the feed's head row through its own
-    WAL flush. The waiting commands hold no connection; the rounds have their own (``RoundConnection``).
+    Each command that appended events asks for a round after its commit (``wanted``) and answers
+    without waiting for it. Commands that commit while a round runs share the next one: under load
+    a round positions many commands' events in one transaction, instead of each commit holding the
+    feed's head row through its own WAL flush. The rounds have their own connection
+    (``RoundConnection``).
 
-    A round that fails (the database gone, the round past its time) is logged and its commands
-    answer without a token: they have committed, and their events are positioned by the next round,
-    at the latest by the sweep, which runs every ``sweep_every`` seconds anyway for the events of a
-    process that stopped between a commit and its round (with nothing to position, a round is one
-    index probe).
+    A round that fails (the database gone, the round past its time) is logged: the next round
+    positions what it left, at the latest the sweep, which runs every ``sweep_every`` seconds anyway,
+    also for the events of a process that stopped between a commit and its round (with nothing to
+    position, a round is one index probe). When the process stops, a last round positions what its
+    commands committed since the one before (``run``'s end).
     """
 
-    def __init__(self, round_: Callable[[], Awaitable[int | None]], *, sweep_every: float = SWEEP_EVERY) -> None:
+    def __init__(
+        self, round_: Callable[[], Awaitable[object]], *, sweep_every: float = SWEEP_EVERY, spacing: float = SPACING
+    ) -> None:
         self._round = round_
         self._sweep_every = sweep_every
+        self._spacing = spacing
         self._wanted = asyncio.Event()
-        self._next: asyncio.Future[int | None] | None = None  # what the callers since the last round wait for
-        self._stopped = False
 
-    async def positioned(self) -> int | None:
-        """Wait for a round that begins after this call; the WAL position it returned, if any."""
-        if self._stopped:
-            return None
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-            self._wanted.set()
-        # Shielded: a caller cancelled (its client gone) must not cancel the round's other callers.
-        return await asyncio.shield(self._next)
+    def wanted(self) -> None:
+        """A command committed events: a round that begins after this call positions them."""
+        self._wanted.set()
 
     async def run(self) -> None:
-        """The rounds, until cancelled (``WritePool.keep_running``)."""
-        waiting: asyncio.Future[int | None] | None = None
+        """The rounds, until cancelled (``WritePool.keep_running``); then a last one, if wanted."""
+        loop = asyncio.get_running_loop()
+        began = loop.time() - self._spacing
         try:
             while True:
                 # A timeout scope, not wait_for: no task is made for each wait.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._sweep_every):
                         await self._wanted.wait()
+                # Rounds begin ``spacing`` apart at least: the commands of the meantime share one.
+                if (early := began + self._spacing - loop.time()) > 0:
+                    await asyncio.sleep(early)
                 self._wanted.clear()
-                waiting, self._next = self._next, None
-                position = await self._safely()
-                if waiting is not None:
-                    waiting.set_result(position)
-                    waiting = None
+                began = loop.time()
+                await self._safely()
         finally:
-            # Closing: whoever still waits answers without a token (no round will come).
-            self._stopped = True
-            for future in (waiting, self._next):
-                if future is not None and not future.done():
-                    future.set_result(None)
+            if self._wanted.is_set():
+                # Stopping: what the last commands committed is in the feed before the process ends
+                # (else the sweep of another process, if any runs, positions it within a second).
+                self._wanted.clear()
+                try:
+                    async with asyncio.timeout(LAST_ROUND_WITHIN):
+                        await self._safely()
+                except TimeoutError:
+                    log.warning("positioning events failed as the process stopped; another process's sweep will")
 
-    async def _safely(self) -> int | None:
+    async def _safely(self) -> None:
         try:
-            position = await self._round()
+            await self._round()
         except (ApiError, DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            # The pool's wait exceeded, the database gone: the next round does the work.
+            # The database gone, the round past its time: the next round does the work.
             log.warning("positioning events failed; the next round retries: %s: %s", type(exc).__name__, exc)
         except Exception:
             # A bug: said loudly, and still not the committed command's failure.
             log.exception("positioning events failed; the next round retries")
         else:
             EVENTS_POSITION_ROUNDS.labels("ok").inc()
-            return position
+            return
         EVENTS_POSITION_ROUNDS.labels("failed").inc()
-        return None
 
 
 POSITIONER = "orders-api events positioner"  # the task's name
@@ -287,15 +288,13 @@ CLOSE_WITHIN = 1.0  # seconds
 
 def position_events(pool: WritePool, settings: Settings) -> None:
     """Give ``pool`` its positioner, running until the pool closes: from now on, each of its
-    commands that appended events answers once they are positioned. Every pool that runs commands
+    commands that appended events asks for a round after its commit. Every pool that runs commands
     has one (the serving write side, the seed, the benchmark's). Its rounds run on a connection of
-    their own (``RoundConnection``) and return where the WAL stood after them when the pool marks
-    commits (queries may read replicas)."""
+    their own (``RoundConnection``)."""
     connection = RoundConnection(settings)
 
-    async def round_(driver: asyncpg.Connection) -> int | None:
+    async def round_(driver: asyncpg.Connection) -> None:
         await position_all(driver, within=connection.timeout)
-        return await wal_position(driver, within=connection.timeout) if pool.marks_commits else None
 
     async def rounds() -> None:
         try:
@@ -304,7 +303,7 @@ def position_events(pool: WritePool, settings: Settings) -> None:
             await connection.aclose()
 
     positioner = Positioner(partial(connection.run, round_))
-    pool.position_events = positioner.positioned
+    pool.events_committed = positioner.wanted
     pool.keep_running(rounds(), name=POSITIONER)
 
 

@@ -23,7 +23,7 @@ from shared.http import ENCODER, decode_json, etag, is_json, read_body
 from shared.pools import Admission
 from shared.sides import resources
 from writes import events, idempotency
-from writes.db import POSITIONS_EVENTS, write_pool
+from writes.db import write_pool
 from writes.events import NewEvent
 from writes.idempotency import Claim, StoredResponse
 
@@ -97,8 +97,6 @@ async def execute(
         # One transaction (opened by WritePool.run): claim the key, run the command, store its
         # response, append its events. They commit together, or nothing does.
         if claim is not None and (stored := await idempotency.claim_key(session, claim)) is not None:
-            # The first answer may still wait for its events' positions: this one waits for them too.
-            session.info[POSITIONS_EVENTS] = True
             return stored, True, None
         view = await work(session)
         response = reply(view)

@@ -37,7 +37,6 @@ from bench.scenarios.write_floor import CLIENTS, Run, check_paid, pending_orders
 from bench.scenarios.writes import InvariantBroken, check_stock, snapshot
 from bench.servers import Server, serve_contender, serve_service
 from bench.wrk import CommandLoad, wrk_commands
-from testkit.database import connected
 
 SCENARIO = feed.SCENARIO
 PLACE = write_floor.PLACE
@@ -119,7 +118,7 @@ def outbox_cost(ctx: Context) -> list[Measurement]:
 def placed(ctx: Context, server: Server, variant: Variant, seconds: float, waits: Waits) -> Run:
     sizes = ctx.sizes
     load = CommandLoad("place", ctx.write_token, False, sizes.customers, sizes.products, prefix=variant.prefix)
-    before, head = asyncio.run(snapshot(ctx.database_url)), asyncio.run(feed_head(ctx.database_url))
+    before, head = asyncio.run(snapshot(ctx.database_url)), asyncio.run(feed.positioned_head(ctx.database_url))
     with sampling(ctx.database_url, waits):
         found = timed(server, load, seconds, ctx.database_url)
     # wrk drops the requests in flight at its deadline; the server still commits them.
@@ -132,7 +131,7 @@ def paid(ctx: Context, server: Server, variant: Variant, seconds: float, waits: 
     ids = asyncio.run(pending_orders(ctx.database_url, max(1, round(seconds)) * write_floor.PAYS_PER_SECOND))
     listed = ctx.scratch / "pending-orders.txt"
     listed.write_text("".join(f"{order_id}\n" for order_id in ids))
-    head = asyncio.run(feed_head(ctx.database_url))  # after the import, which appends its own events
+    head = asyncio.run(feed.positioned_head(ctx.database_url))  # after the import, which appends its own events
     load = CommandLoad("pay", ctx.write_token, False, ids=listed, prefix=variant.prefix)
     with sampling(ctx.database_url, waits):
         found = timed(server, load, seconds, ctx.database_url)
@@ -141,15 +140,9 @@ def paid(ctx: Context, server: Server, variant: Variant, seconds: float, waits: 
     return found
 
 
-async def feed_head(url: str) -> int:
-    async with connected(url) as connection:
-        head: int = await connection.fetchval("SELECT last FROM events_head")
-    return head
-
-
 async def check_appended(url: str, head: int, acknowledged: int) -> None:
     """The feed grew by one event a command acknowledged (and those wrk dropped at its deadline)."""
-    appended = await feed_head(url) - head
+    appended = await feed.positioned_head(url) - head
     allowed = acknowledged + CLIENTS if acknowledged else 0
     if not acknowledged <= appended <= allowed:
         raise InvariantBroken(f"{acknowledged} commands acknowledged, {appended} events appended")

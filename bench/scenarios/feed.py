@@ -66,10 +66,24 @@ PAGE_DECODER = msgspec.json.Decoder(FeedPage)
 EVENT_DECODER = msgspec.json.Decoder(FeedEvent)
 
 
-async def head_cursor(url: str) -> str:
+POSITIONED_WITHIN = 10.0  # seconds
+
+
+async def positioned_head(url: str) -> int:
+    """The feed's head once every committed event has its position: commands answer before their
+    round (``writes.events.Positioner``), so the last ones' events may still be on their way."""
+    deadline = time.monotonic() + POSITIONED_WITHIN
     async with connected(url) as connection:
+        while await connection.fetchval("SELECT EXISTS (SELECT FROM events WHERE position IS NULL)"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"events were still unpositioned {POSITIONED_WITHIN:g} s after a run")
+            await asyncio.sleep(0.01)
         head: int = await connection.fetchval("SELECT last FROM events_head")
-    return encode_cursor(head, bound_to=FEED)
+    return head
+
+
+async def head_cursor(url: str) -> str:
+    return encode_cursor(await positioned_head(url), bound_to=FEED)
 
 
 @dataclass
