@@ -153,7 +153,7 @@ async def purge_periodically(pool: WritePool, every: float = PURGE_EVERY) -> Non
 POSITION = "SELECT events_position($1)"
 POSITION_BATCH = 10_000
 SWEEP_EVERY = 1.0  # seconds: a round even when no command asks, for events a stopped process left
-SPACING = 0.02  # seconds between the beginnings of two rounds, at least
+SPACING = 0.005  # seconds between the beginnings of two rounds, at least
 LAST_ROUND_WITHIN = 5.0  # seconds: the round a stopping process runs for its last commands
 
 
