@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -319,6 +321,35 @@ async def test_the_rounds_open_their_connection_again_after_it_was_lost(
     if len(items) < 2:
         items += (await feed(client, after=page["next_cursor"], wait=10))["items"]
     assert [e["data"] for e in items] == [first, second]
+
+
+async def test_a_stopping_positioner_positions_what_was_committed_since_its_last_round(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Commands answer before their round: a process that stops runs one last round for them, even
+    inside the spacing between rounds, rather than leaving them to another process's sweep."""
+    unpositioned = "SELECT count(*) FROM events WHERE position IS NULL"
+    connection = events.RoundConnection(settings)
+    positioner = events.Positioner(partial(connection.run, events.position_all), spacing=60.0)
+    rounds = asyncio.create_task(positioner.run())
+    try:
+        await db.execute(events.APPEND, ["customer.updated"], [1], ['{"id": 1}'])
+        positioner.wanted()
+        for _ in range(500):  # the first round begins at once
+            if await db.fetchval(unpositioned) == 0:
+                break
+            await asyncio.sleep(0.01)
+        await db.execute(events.APPEND, ["customer.updated"], [2], ['{"id": 2}'])
+        positioner.wanted()  # the next round would wait a minute for its spacing
+        await asyncio.sleep(0.2)
+        assert await db.fetchval(unpositioned) == 1
+    finally:
+        rounds.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rounds
+        await connection.aclose()
+    assert await db.fetchval(unpositioned) == 0
+    assert await db.fetchval("SELECT array_agg(subject_id ORDER BY position) FROM events") == [1, 2]
 
 
 async def test_metrics_count_the_appended_events(client: httpx.AsyncClient, shop: Shop) -> None:
