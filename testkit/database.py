@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,3 +18,18 @@ async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+POSITIONED_WITHIN = 10.0  # seconds
+
+
+async def positioned_head(connection: asyncpg.Connection, within: float = POSITIONED_WITHIN) -> int:
+    """The feed's head once every committed event has its position: commands answer before their
+    positioning round (``writes.events.Positioner``), so the last ones' events may be on their way."""
+    deadline = time.monotonic() + within
+    while await connection.fetchval("SELECT EXISTS (SELECT FROM events WHERE position IS NULL)"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"events were still unpositioned {within:g} s after the commands")
+        await asyncio.sleep(0.01)
+    head: int = await connection.fetchval("SELECT last FROM events_head")
+    return head

@@ -20,6 +20,7 @@ from service.schema import head_revision
 from shared.config import Settings
 from shared.dto import OrderLine, PlaceOrder
 from shared.http import ENCODER
+from testkit.database import positioned_head
 from tests.reads.factories import Shop
 from tests.support import AUTH, serving
 from writes import events
@@ -335,10 +336,7 @@ async def test_a_stopping_positioner_positions_what_was_committed_since_its_last
     try:
         await db.execute(events.APPEND, ["customer.updated"], [1], ['{"id": 1}'])
         positioner.wanted()
-        for _ in range(500):  # the first round begins at once
-            if await db.fetchval(unpositioned) == 0:
-                break
-            await asyncio.sleep(0.01)
+        await positioned_head(db)  # the first round begins at once
         await db.execute(events.APPEND, ["customer.updated"], [2], ['{"id": 2}'])
         positioner.wanted()  # the next round would wait a minute for its spacing
         await asyncio.sleep(0.2)

@@ -24,6 +24,7 @@ from reads.cursor import decode_cursor
 from reads.events import FEED
 from service.app import create_app
 from shared.config import Settings
+from testkit.database import positioned_head
 from tests.support import AUTH, serving
 from tests.test_metrics import scrape
 
@@ -200,14 +201,8 @@ class Head:
     async def set(self) -> None:
         """Where the head stands once the rounds asked for by the last commands have run (commands
         answer at their commit, before their round)."""
-        for _ in range(200):
-            async with self.lock:
-                waiting = await self.db.fetchval("SELECT EXISTS (SELECT FROM events WHERE position IS NULL)")
-            if not waiting:
-                self.last = await self.now()
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("events were still unpositioned 10 s after the writers stopped")
+        async with self.lock:
+            self.last = await positioned_head(self.db)
 
     def reached(self, received: list[Body]) -> bool:
         return self.last is not None and (position(received[-1]) if received else 0) >= self.last

@@ -289,9 +289,9 @@ async def _outside_transaction(connection: AsyncConnection) -> asyncpg.Connectio
     return driver
 
 
-async def wal_position(driver: asyncpg.Connection, *, within: float | None = None) -> int:
+async def wal_position(driver: asyncpg.Connection) -> int:
     """Where the primary's WAL stands now (``WAL_POSITION``): one round trip."""
-    return lsn_from_text(await driver.fetchval(WAL_POSITION, timeout=within))
+    return lsn_from_text(await driver.fetchval(WAL_POSITION))
 
 
 async def _wal_position(connection: AsyncConnection) -> int | None:

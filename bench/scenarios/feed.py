@@ -29,6 +29,7 @@ from bench.load import random_order
 from bench.servers import Server
 from reads.cursor import encode_cursor
 from reads.events import FEED
+from testkit import database
 from testkit.database import connected
 
 SCENARIO = "events"
@@ -66,20 +67,10 @@ PAGE_DECODER = msgspec.json.Decoder(FeedPage)
 EVENT_DECODER = msgspec.json.Decoder(FeedEvent)
 
 
-POSITIONED_WITHIN = 10.0  # seconds
-
-
 async def positioned_head(url: str) -> int:
-    """The feed's head once every committed event has its position: commands answer before their
-    round (``writes.events.Positioner``), so the last ones' events may still be on their way."""
-    deadline = time.monotonic() + POSITIONED_WITHIN
+    """The feed's head once every committed event has its position (``testkit.database``)."""
     async with connected(url) as connection:
-        while await connection.fetchval("SELECT EXISTS (SELECT FROM events WHERE position IS NULL)"):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"events were still unpositioned {POSITIONED_WITHIN:g} s after a run")
-            await asyncio.sleep(0.01)
-        head: int = await connection.fetchval("SELECT last FROM events_head")
-    return head
+        return await database.positioned_head(connection)
 
 
 async def head_cursor(url: str) -> str:
