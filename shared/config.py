@@ -17,6 +17,9 @@ from msgspec import Meta
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+# The event positioner's spacing between rounds (``writes.events.Positioner``): the bench's write floor
+# takes the same.
+EVENTS_ROUND_MS = 50
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
@@ -230,6 +233,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
             "or stream): one query a period for all of them, never one each.",
         ),
     ] = 100
+    events_round_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1_000,
+            description="Least time, in ms, between the beginnings of two positioning rounds of a writes process: "
+            "the events its commands committed in the meantime are positioned (made readable) together, by one "
+            "transaction. Lower delivers events sooner under load and costs the commands more rounds.",
+        ),
+    ] = EVENTS_ROUND_MS
     events_stream_seconds: Annotated[
         int,
         Meta(

@@ -13,6 +13,7 @@ import httpx
 import msgspec
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import reads.events
 from service.app import create_app
@@ -347,6 +348,28 @@ async def test_a_stopping_positioner_positions_what_was_committed_since_its_last
             await rounds
         await connection.aclose()
     assert await db.fetchval(unpositioned) == 0
+    assert await db.fetchval("SELECT array_agg(subject_id ORDER BY position) FROM events") == [1, 2]
+
+
+async def test_events_round_ms_spaces_a_processs_rounds(settings: Settings, db: asyncpg.Connection) -> None:
+    """EVENTS_ROUND_MS reaches the process's positioner: after a quiet spell a command's round
+    begins at once, and the next waits for the rest of the spacing (1 s here), then comes."""
+    unpositioned = "SELECT count(*) FROM events WHERE position IS NULL"
+
+    async def appending(subject_id: int, session: AsyncSession) -> None:
+        await session.execute(text("SELECT 1"))  # begins the transaction, for the driver's statement
+        await events.append(session, [NewEvent("customer.updated", subject_id, f'{{"id": {subject_id}}}')])
+
+    pool = await events.open_pool(msgspec.structs.replace(settings, events_round_ms=1000))
+    try:
+        await pool.run(partial(appending, 1))
+        await positioned_head(db, within=0.5)  # the first round, at once
+        await pool.run(partial(appending, 2))
+        await asyncio.sleep(0.2)
+        assert await db.fetchval(unpositioned) == 1  # its round waits for the spacing
+        await positioned_head(db, within=5)  # and then comes, without another command
+    finally:
+        await pool.close()
     assert await db.fetchval("SELECT array_agg(subject_id ORDER BY position) FROM events") == [1, 2]
 
 

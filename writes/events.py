@@ -30,7 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.config import Settings, asyncpg_dsn
+from shared.config import EVENTS_ROUND_MS, Settings, asyncpg_dsn
 from shared.dto import EventType
 from shared.errors import ApiError
 from shared.metrics import EVENTS_APPENDED, EVENTS_OLDEST_AGE_SECONDS, EVENTS_POSITION_ROUNDS
@@ -153,7 +153,7 @@ async def purge_periodically(pool: WritePool, every: float = PURGE_EVERY) -> Non
 POSITION = "SELECT events_position($1)"
 POSITION_BATCH = 10_000
 SWEEP_EVERY = 1.0  # seconds: a round even when no command asks, for events a stopped process left
-SPACING = 0.005  # seconds between the beginnings of two rounds, at least
+SPACING = EVENTS_ROUND_MS / 1000  # seconds between the beginnings of two rounds, at least (EVENTS_ROUND_MS)
 LAST_ROUND_WITHIN = 5.0  # seconds: the round a stopping process runs for its last commands
 
 
@@ -168,9 +168,10 @@ class Positioner:
     """Gives committed events their positions, a round at a time, for one process's commands.
 
     Each command that appended events asks for a round after its commit (``wanted``) and answers
-    without waiting for it. Commands that commit while a round runs share the next one: under load
-    a round positions many commands' events in one transaction, instead of each commit holding the
-    feed's head row through its own WAL flush. The rounds have their own connection
+    without waiting for it. Commands that commit while a round runs share the next one, and rounds
+    begin ``spacing`` seconds apart at least (EVENTS_ROUND_MS), the first after a quiet spell at
+    once: under load a round positions many commands' events in one transaction, instead of each
+    commit holding the feed's head row through its own WAL flush. The rounds have their own connection
     (``RoundConnection``).
 
     A round that fails (the database gone, the round past its time) is logged: the next round
@@ -302,7 +303,7 @@ def position_events(pool: WritePool, settings: Settings) -> None:
         finally:
             await connection.aclose()
 
-    positioner = Positioner(partial(connection.run, round_))
+    positioner = Positioner(partial(connection.run, round_), spacing=settings.events_round_ms / 1000)
     pool.events_committed = positioner.wanted
     pool.keep_running(rounds(), name=POSITIONER)
 
