@@ -31,9 +31,13 @@ from service.cli import uvicorn_options
 from service.logs import RequestContext
 from service.tracing import Tracing
 from shared.config import Settings
+from testkit.database import positioned_head
 from tests.processes import serve_env, serving_process, wait_ready
 from tests.support import running_client, serving
 from tests.writes.support import new_product
+from writes import events
+from writes.events import NewEvent
+from writes.ondriver import execute_on_driver
 
 GENERATED_ID = re.compile(r"[0-9a-f]{16}")
 PERSONAL = "alice@example.com"  # a parameter value that must never reach the log
@@ -226,6 +230,44 @@ async def test_slow_statements_are_logged_per_pool_without_their_parameters(
         )
         assert found is not None, line
         assert int(found[1]) >= 100
+    assert PERSONAL not in caplog.text
+
+
+async def test_slow_statements_sent_on_the_driver_and_slow_positioning_rounds_are_logged_too(
+    database_url: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A unit of work sends its read-model and event statements on the driver, past SQLAlchemy's
+    hooks, and the event positioner has a connection of its own: their slow statements are logged
+    like the session's (without their parameters)."""
+    settings = Settings(database_url=database_url, read_api_open=True, read_pool_min_size=1, slow_statement_ms=100)
+    app = create_app(settings)
+
+    async def slow_on_the_driver(session: AsyncSession) -> None:
+        await session.execute(text("SELECT 1 AS begins"))
+        await execute_on_driver(session, "SELECT pg_sleep(0.15), $1::text", [PERSONAL])
+
+    async def appending(session: AsyncSession) -> None:
+        await session.execute(text("SELECT 1 AS begins"))
+        await events.append(session, [NewEvent("customer.updated", 1, '{"id": 1}')])
+
+    caplog.set_level(logging.WARNING)
+    async with running_client(app):
+        pool = app.state.resources.pools["writes"]
+        await pool.run(slow_on_the_driver)
+        async with db.transaction():
+            await db.execute("SELECT FROM events_head FOR UPDATE")  # the round waits for this row
+            await pool.run(appending)  # answers at its commit, before its round
+            await asyncio.sleep(0.3)
+        await positioned_head(db)
+        await asyncio.sleep(0.05)  # asyncpg calls its query loggers soon after the query, not during it
+    lines = [record.getMessage() for record in caplog.records if record.name == "orders_api.database.slow"]
+    assert [line.split(":")[0] for line in lines] == ["write pool", "events positioner"]
+    assert re.fullmatch(
+        r"write pool: statement took \d+ ms \(SLOW_STATEMENT_MS=100\): "
+        r"SELECT pg_sleep\(0.15\), .+",
+        lines[0],
+    )
+    assert re.fullmatch(r"events positioner: statement took \d+ ms .*: SELECT events_position\(\$1\)", lines[1])
     assert PERSONAL not in caplog.text
 
 

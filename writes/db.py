@@ -33,7 +33,7 @@ from shared.pools import Admission, Gate
 from shared.roles import write_session
 from shared.sides import CURRENT_REVISION_SQL, resources
 from shared.slowlog import SlowStatements
-from writes.ondriver import send_deferred
+from writes.ondriver import SLOW_STATEMENTS, send_deferred
 
 T = TypeVar("T")
 
@@ -139,7 +139,13 @@ class WritePool:
         )
         # Views are built from objects after commit; expiring them would force a lazy reload. Every
         # session carries the settings: what a unit of work needs of them, it reads there.
-        self.sessions = async_sessionmaker(engine, expire_on_commit=False, info={SETTINGS: settings})
+        # SLOW_STATEMENT_MS: the session's statements are timed by SQLAlchemy's hooks (``open``), the
+        # ones it sends on the driver by ``writes.ondriver``, with this one log.
+        self.slow = SlowStatements(WRITE.pool, settings.slow_statement_ms) if settings.slow_statement_ms else None
+        info: dict[Any, Any] = {SETTINGS: settings}
+        if self.slow is not None:
+            info[SLOW_STATEMENTS] = self.slow
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False, info=info)
         self.tasks: list[asyncio.Task[None]] = []
         # Queries may read a replica only when the read side has its own database.
         self.marks_commits = settings.read_database_url is not None
@@ -153,9 +159,9 @@ class WritePool:
         connecting (and an unreachable database stops start-up). Behind PgBouncer one of them also
         checks that the write role's defaults hold (``shared.roles``): if not, start-up stops."""
         pool = cls(create_write_engine(settings), settings)
-        if settings.slow_statement_ms:
+        if pool.slow is not None:
             # Off, nothing is installed, so nothing is timed.
-            _log_slow_statements(pool.engine, settings.slow_statement_ms)
+            _log_slow_statements(pool.engine, pool.slow)
         try:
             async with AsyncExitStack() as stack:
                 for _ in range(settings.write_pool_size):
@@ -252,10 +258,9 @@ class WritePool:
         return queue.checkedin() + queue.checkedout()
 
 
-def _log_slow_statements(engine: AsyncEngine, threshold_ms: int) -> None:
+def _log_slow_statements(engine: AsyncEngine, slow: SlowStatements) -> None:
     """Times every statement on the engine's connections, including those that fail (a statement
     that hit WRITE_STATEMENT_TIMEOUT_MS is the slowest of all)."""
-    slow = SlowStatements(WRITE.pool, threshold_ms)
 
     def started(connection: Connection, *_: object) -> None:
         # One statement at a time runs on a connection, so one start time per connection is enough.

@@ -34,6 +34,7 @@ from shared.config import EVENTS_ROUND_MS, Settings, asyncpg_dsn
 from shared.dto import EventType
 from shared.errors import ApiError
 from shared.metrics import EVENTS_APPENDED, EVENTS_OLDEST_AGE_SECONDS, EVENTS_POSITION_ROUNDS
+from shared.slowlog import SlowStatements
 from writes.db import (
     POSITIONS_EVENTS,
     SETTINGS,
@@ -236,6 +237,7 @@ class Positioner:
 
 
 POSITIONER = "orders-api events positioner"  # the task's name
+POSITIONER_LOG = "events positioner"  # its slow statements' source, in the log
 POSITIONER_CONNECTIONS = 1  # each process that runs commands: the rounds' own (``RoundConnection``)
 
 
@@ -258,11 +260,16 @@ class RoundConnection:
         statement = settings.write_statement_timeout_ms / 1000
         self.timeout = settings.write_pool_timeout + statement if statement else None
         self._driver: asyncpg.Connection | None = None
+        # SLOW_STATEMENT_MS: a round that waited (a lock, the WAL) is logged like the pools' statements.
+        slow = SlowStatements(POSITIONER_LOG, settings.slow_statement_ms) if settings.slow_statement_ms else None
+        self._logged = None if slow is None else (lambda query: slow.observe(query.query, query.elapsed))
 
     async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         try:
             if self._driver is None or self._driver.is_closed():
                 self._driver = await asyncpg.connect(self._dsn, **self._connect_args)
+                if self._logged is not None:
+                    self._driver.add_query_logger(self._logged)
             return await work(self._driver)
         except BaseException:
             # Whatever state a failed or cut round left the connection in, the next opens another.

@@ -7,6 +7,7 @@ itself there; errors are wrapped as SQLAlchemy wraps them, so ``WritePool.run`` 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
@@ -16,6 +17,8 @@ from sqlalchemy import TextClause
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.slowlog import SlowStatements
 
 
 def driver_connection(session: AsyncSession) -> asyncpg.Connection:
@@ -96,10 +99,24 @@ async def execute_on_driver(session: AsyncSession, statement: str, arguments: Se
     await _on_driver(session, statement, arguments)
 
 
+SLOW_STATEMENTS = "orders_api.slow_statements"  # the session's info key: the pool's SlowStatements, if any
+
+
 async def _on_driver(session: AsyncSession, statement: str, arguments: Sequence[Any]) -> None:
     driver = driver_connection(session)
-    async with wrapped_like_sqlalchemy(driver, statement):
-        await driver.execute(statement, *arguments)
+    slow: SlowStatements | None = session.info.get(SLOW_STATEMENTS)
+    if slow is None:
+        async with wrapped_like_sqlalchemy(driver, statement):
+            await driver.execute(statement, *arguments)
+        return
+    # SLOW_STATEMENT_MS: SQLAlchemy's hooks (``writes.db``) never see a statement sent here, so it is
+    # timed here, failures included, like the session's.
+    started = time.perf_counter()
+    try:
+        async with wrapped_like_sqlalchemy(driver, statement):
+            await driver.execute(statement, *arguments)
+    finally:
+        slow.observe(statement, time.perf_counter() - started)
 
 
 @asynccontextmanager
