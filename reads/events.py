@@ -76,11 +76,13 @@ class Rows(msgspec.Struct, frozen=True):
 def _page_sql(filtered: bool) -> str:
     # Two texts, so that a generic plan is never asked to fold "no filter" away (see reads.queries.orders).
     condition = "position > $1 AND type = ANY($3::text[])" if filtered else "position > $1 AND $3::text[] IS NULL"
+    # A filtered page waits only for its own types' events (``read_page``).
+    waiting = "position IS NULL AND type = ANY($3::text[])" if filtered else "position IS NULL"
     return f"""
         SELECT json_build_object(
             'head', (SELECT last FROM events_head),
             'purged', (SELECT purged_through FROM events_horizon),
-            'pending', (SELECT max(id) FROM events WHERE position IS NULL),
+            'pending', (SELECT max(id) FROM events WHERE {waiting}),
             'items', coalesce((
                 SELECT json_agg(json_build_object(
                            'position', position, 'type', type, 'occurred_at', {instant("occurred_at")},
@@ -97,6 +99,9 @@ PAGE_OF_TYPES = _page_sql(filtered=True)
 HEAD = "SELECT last::text FROM events_head"
 # Whether events up to this row id still wait for their round.
 UNPOSITIONED = "SELECT (EXISTS (SELECT FROM events WHERE position IS NULL AND id <= $1))::text"
+UNPOSITIONED_OF_TYPES = (
+    "SELECT (EXISTS (SELECT FROM events WHERE position IS NULL AND id <= $1 AND type = ANY($2::text[])))::text"
+)
 # How long a first page waits for a round: past the sweep (``writes.events.SWEEP_EVERY``, 1 s), which
 # positions the events of a process that stopped between a commit and its round. Asked again after
 # 1 ms, then twice as long each time, up to SETTLE_PERIOD_MAX.
@@ -115,12 +120,13 @@ async def read_page(
     db: Reader, after: int | None, limit: int, types: list[str] | None, *, settle: bool = False
 ) -> Fetched:
     """The page after ``after``. With ``settle``, a page that reaches the end of the feed while
-    committed events wait for their round is read again once they have positions (or after
-    SETTLE_WITHIN, if no round comes: they then follow, positioned past this page)."""
+    committed events (of ``types``, if given) wait for their round is read again once they have
+    positions (or after SETTLE_WITHIN, if no round comes: they then follow, positioned past this
+    page)."""
     sql = PAGE if types is None else PAGE_OF_TYPES
     rows = await db.value(sql, Rows, after or 0, limit, types)
     if settle and rows.pending is not None and len(rows.items) < limit:
-        await _positioned(db, rows.pending)
+        await _positioned(db, rows.pending, types)
         rows = await db.value(sql, Rows, after or 0, limit, types)
     start = rows.purged if after is None else after
     if start < rows.purged:
@@ -135,11 +141,13 @@ async def read_page(
     return Fetched(EventPage(items=[_event(stored) for stored in items], next_cursor=_cursor(end)), end)
 
 
-async def _positioned(db: Reader, pending: int) -> None:
-    """Wait until every event up to row id ``pending`` has its position, SETTLE_WITHIN at most."""
+async def _positioned(db: Reader, pending: int, types: list[str] | None) -> None:
+    """Wait until every event up to row id ``pending`` (of ``types``, if given) has its position,
+    SETTLE_WITHIN at most."""
     deadline = time.monotonic() + SETTLE_WITHIN
     period = 0.001
-    while await db.value(UNPOSITIONED, bool, pending):
+    check, args = (UNPOSITIONED, (pending,)) if types is None else (UNPOSITIONED_OF_TYPES, (pending, types))
+    while await db.value(check, bool, *args):
         left = deadline - time.monotonic()
         if left <= 0:
             return

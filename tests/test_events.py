@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import reads.events
 from service.app import create_app
 from service.schema import head_revision
-from shared.config import Settings
+from shared.config import Settings, asyncpg_dsn
 from shared.dto import OrderLine, PlaceOrder
 from shared.http import ENCODER
 from testkit.database import positioned_head
@@ -180,6 +180,7 @@ async def test_a_cursor_before_the_purged_events_is_a_410(
     start = (await feed(client, limit=1))["items"][0]["id"]
     await shop.customer(email="older@example.com")
     await shop.customer(email="new@example.com")
+    await positioned_head(db)  # the commands answered before their round
     # The first two are past the retention; the purge stops at the first one still kept.
     await db.execute("UPDATE events SET occurred_at = now() - interval '8 days' WHERE position <= 2")
     pool = await open_write_side(settings, head_revision())
@@ -263,6 +264,35 @@ async def test_a_feed_read_after_a_commands_answer_shows_its_event_even_under_co
     positions = await db.fetchval("SELECT array_agg(position ORDER BY position) FROM events")
     assert positions == list(range(1, len(positions) + 1))
     assert await db.fetchval("SELECT last FROM events_head") == len(positions)
+
+
+async def test_a_filtered_page_waits_for_the_rounds_of_its_own_types_only(
+    client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first page that reaches the end of the feed waits for committed events still unpositioned
+    (SETTLE_WITHIN, when no round comes), but a page filtered by ``types`` only for its own."""
+    waited: list[tuple[Any, ...]] = []
+    positioned = reads.events._positioned
+
+    async def recorded(db: Any, pending: int, *types: Any) -> None:
+        waited.append(types)
+        await positioned(db, pending, *types)
+
+    monkeypatch.setattr(reads.events, "_positioned", recorded)
+    monkeypatch.setattr(reads.events, "SETTLE_WITHIN", 0.2)
+    holder = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT FROM events_head FOR UPDATE")  # no round can position meanwhile
+            await db.execute(events.APPEND, ["customer.updated"], [1], ['{"id": 1}'])  # committed, unpositioned
+            other = await feed(client, types="order.paid")
+            own = await feed(client, types="customer.updated")
+            everything = await feed(client)
+    finally:
+        await holder.close()
+    assert waited == [(["customer.updated"],), (None,)]  # not the page of other types
+    for page in (other, own, everything):
+        assert page["items"] == []  # unpositioned still: answered without it, which follows later
 
 
 async def test_an_event_a_stopped_process_left_unpositioned_is_positioned_by_the_sweep(
