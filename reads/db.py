@@ -103,15 +103,11 @@ async def _keep_session(connection: Any) -> None:
 
 
 def _log_slow_statements(names: PoolNames, threshold_ms: int) -> Callable[[Any], Awaitable[None]]:
-    """The pool's ``init`` hook: asyncpg times every query on a connection with a query logger
-    (``LoggedQuery.elapsed``, failures included) and calls it soon after the query ends."""
+    """The pool's ``init`` hook: each connection times its queries (``SlowStatements.observe_query``)."""
     slow = SlowStatements(names.pool, threshold_ms)
 
-    def logged(query: Any) -> None:
-        slow.observe(query.query, query.elapsed)
-
     async def init(connection: Any) -> None:
-        connection.add_query_logger(logged)
+        connection.add_query_logger(slow.observe_query)
 
     return init
 

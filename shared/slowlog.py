@@ -1,8 +1,10 @@
-"""The per-pool slow-statement log: both pools feed it from their drivers' own timing hooks."""
+"""The per-pool slow-statement log: the pools (and the event positioner) feed it from their drivers'
+own timing hooks."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 slow = logging.getLogger("orders_api.database.slow")
 
@@ -18,6 +20,11 @@ class SlowStatements:
         self.pool = pool
         self.threshold_ms = threshold_ms
         self.threshold = threshold_ms / 1000
+
+    def observe_query(self, query: Any) -> None:
+        """An asyncpg query logger (``Connection.add_query_logger``): asyncpg times each query on the
+        connection (``LoggedQuery.elapsed``, failures included) and calls this soon after it ends."""
+        self.observe(query.query, query.elapsed)
 
     def observe(self, statement: str, elapsed: float) -> None:
         if elapsed > self.threshold:

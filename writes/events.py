@@ -261,15 +261,14 @@ class RoundConnection:
         self.timeout = settings.write_pool_timeout + statement if statement else None
         self._driver: asyncpg.Connection | None = None
         # SLOW_STATEMENT_MS: a round that waited (a lock, the WAL) is logged like the pools' statements.
-        slow = SlowStatements(POSITIONER_LOG, settings.slow_statement_ms) if settings.slow_statement_ms else None
-        self._logged = None if slow is None else (lambda query: slow.observe(query.query, query.elapsed))
+        self._slow = SlowStatements(POSITIONER_LOG, settings.slow_statement_ms) if settings.slow_statement_ms else None
 
     async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         try:
             if self._driver is None or self._driver.is_closed():
                 self._driver = await asyncpg.connect(self._dsn, **self._connect_args)
-                if self._logged is not None:
-                    self._driver.add_query_logger(self._logged)
+                if self._slow is not None:
+                    self._driver.add_query_logger(self._slow.observe_query)
             return await work(self._driver)
         except BaseException:
             # Whatever state a failed or cut round left the connection in, the next opens another.

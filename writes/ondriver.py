@@ -104,11 +104,6 @@ SLOW_STATEMENTS = "orders_api.slow_statements"  # the session's info key: the po
 
 async def _on_driver(session: AsyncSession, statement: str, arguments: Sequence[Any]) -> None:
     driver = driver_connection(session)
-    slow: SlowStatements | None = session.info.get(SLOW_STATEMENTS)
-    if slow is None:
-        async with wrapped_like_sqlalchemy(driver, statement):
-            await driver.execute(statement, *arguments)
-        return
     # SLOW_STATEMENT_MS: SQLAlchemy's hooks (``writes.db``) never see a statement sent here, so it is
     # timed here, failures included, like the session's.
     started = time.perf_counter()
@@ -116,7 +111,9 @@ async def _on_driver(session: AsyncSession, statement: str, arguments: Sequence[
         async with wrapped_like_sqlalchemy(driver, statement):
             await driver.execute(statement, *arguments)
     finally:
-        slow.observe(statement, time.perf_counter() - started)
+        slow: SlowStatements | None = session.info.get(SLOW_STATEMENTS)
+        if slow is not None:
+            slow.observe(statement, time.perf_counter() - started)
 
 
 @asynccontextmanager
