@@ -1,6 +1,6 @@
 """Statements a unit of work sends on the asyncpg connection under its session, inside its
-transaction: the ones a command sends on every call that are not the ORM's bookkeeping (the read
-models', the events'), and an import's COPY. SQLAlchemy's execution costs several times the statement
+transaction: the ones a command sends on every call that are not the ORM's bookkeeping (the stock's
+and the status's changes, the read models', the events'), and an import's COPY. SQLAlchemy's execution costs several times the statement
 itself there; errors are wrapped as SQLAlchemy wraps them, so ``WritePool.run`` treats them alike.
 """
 
@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
 import asyncpg
-from sqlalchemy import TextClause
+from sqlalchemy import TextClause, TextualSelect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,15 +21,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.slowlog import SlowStatements
 
 
-def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under the session's, inside the transaction the session began, for
-    a statement the caller sends on the driver directly (in ``wrapped_like_sqlalchemy``). Called
-    after the unit of work's first statement, so the connection is the transaction's already and
-    reaching it is attribute access: the async API's two awaits cost 30 microseconds (measured)."""
-    driver = session.sync_session.connection().connection.driver_connection
+    a statement the caller sends on the driver directly (in ``wrapped_like_sqlalchemy``). Reaching
+    it is attribute access: the session's connection is the transaction's already (``WritePool``
+    binds it), where the async API's two awaits cost 30 microseconds (measured).
+
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily, before its first statement; a statement sent
+    here before any would commit on its own, outside the unit of work. So when the adapter has not
+    begun yet, it begins here, as its cursor would (``_start_transaction``, its one way to begin,
+    private: SQLAlchemy has no public call that sends BEGIN without a statement after it). Then a
+    command's first statement can go on the driver too, and SQLAlchemy's later ones, its flush and
+    its COMMIT, find the transaction begun, as after a statement of its own."""
+    adapted: Any = session.sync_session.connection().connection.dbapi_connection
+    if adapted._transaction is None:
+        await adapted._start_transaction()
+    driver = adapted.driver_connection
     assert isinstance(driver, asyncpg.Connection)
-    # SQLAlchemy's adapter sends BEGIN lazily, before its first statement. Were it not sent yet, a
-    # statement sent here would commit on its own, outside the unit of work.
     assert driver.is_in_transaction(), "a statement on the driver must run inside the command's transaction"
     return driver
 
@@ -40,16 +48,22 @@ ASYNCPG_DIALECT = make_url("postgresql+asyncpg://").get_dialect()()
 class OnDriver:
     """A Core ``text()`` statement of a unit of work, compiled once for asyncpg and sent on the
     session's driver connection, inside its transaction (``driver_connection``). For the statements
-    a command sends on every call that are not the unit of work's bookkeeping (read models, events):
-    through ``session.execute`` one costs about 90 microseconds of CPU more (measured), for the
-    compile-cache lookup, the execution context and the result wrapping. Errors are SQLAlchemy's,
-    as on the session (``wrapped_like_sqlalchemy``)."""
+    a command sends on every call that are not the unit of work's bookkeeping (the stock and status
+    changes, read models, events): through ``session.execute`` one costs about 90 microseconds of
+    CPU more (measured), for the compile-cache lookup, the execution context and the result
+    wrapping. Errors are SQLAlchemy's, as on the session (``wrapped_like_sqlalchemy``); rows are
+    asyncpg's records."""
 
-    def __init__(self, statement: TextClause) -> None:
+    def __init__(self, statement: TextClause | TextualSelect) -> None:
         compiled = statement.compile(dialect=ASYNCPG_DIALECT)
         self.sql = str(compiled)
         self.names = tuple(compiled.positiontup or ())
         self._preceded: dict[str, str] = {}
+
+    async def fetch(self, session: AsyncSession, parameters: Mapping[str, Any]) -> list[asyncpg.Record]:
+        """Its rows, after what ``defer`` left (sent first, on its own)."""
+        await send_deferred(session)
+        return await _on_driver(session, self.sql, [parameters[name] for name in self.names])
 
     async def defer(self, session: AsyncSession, parameters: Mapping[str, Any]) -> None:
         """Send this with the unit of work's next statement on the driver (``execute_on_driver``),
@@ -102,14 +116,15 @@ async def execute_on_driver(session: AsyncSession, statement: str, arguments: Se
 SLOW_STATEMENTS = "orders_api.slow_statements"  # the session's info key: the pool's SlowStatements, if any
 
 
-async def _on_driver(session: AsyncSession, statement: str, arguments: Sequence[Any]) -> None:
-    driver = driver_connection(session)
+async def _on_driver(session: AsyncSession, statement: str, arguments: Sequence[Any]) -> list[asyncpg.Record]:
+    driver = await driver_connection(session)
     # SLOW_STATEMENT_MS: SQLAlchemy's hooks (``writes.db``) never see a statement sent here, so it is
     # timed here, failures included, like the session's.
     started = time.perf_counter()
     try:
         async with wrapped_like_sqlalchemy(driver, statement):
-            await driver.execute(statement, *arguments)
+            rows: list[asyncpg.Record] = await driver.fetch(statement, *arguments)
+            return rows
     finally:
         slow: SlowStatements | None = session.info.get(SLOW_STATEMENTS)
         if slow is not None:

@@ -54,7 +54,7 @@ ITEM_COLUMNS = ("order_id", "line_no", "product_id", "quantity", "unit_price_cen
 async def import_orders(command: OrderImport, session: AsyncSession) -> ImportResult:
     customers, products = await _require_known_ids(session, command)
     order_ids: list[int] = list(await session.scalar(RESERVE_ORDER_IDS, {"n": len(command.orders)}))
-    driver = driver_connection(session)
+    driver = await driver_connection(session)
     async with wrapped_like_sqlalchemy(driver, f"COPY {Order.__tablename__}"):
         await driver.copy_records_to_table(
             Order.__tablename__, records=order_records(order_ids, command.orders), columns=ORDER_COLUMNS

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, NoReturn, Protocol, cast
+from typing import NamedTuple, NoReturn, Protocol, cast
 
-from sqlalchemy import BigInteger, Boolean, Integer, Row, String, any_, bindparam, select, text
+from asyncpg import Record
+from sqlalchemy import BigInteger, Boolean, Integer, String, any_, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -14,7 +15,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 from shared.dto import OrderCustomer, OrderItemView, OrderStatus, OrderView, PlaceOrder
 from shared.errors import InsufficientStock, InvalidInput, InvalidTransition, NotFound, VersionMismatch
 from writes import readmodels
-from writes.models import Customer, Order, OrderItem, Product, Timestamp
+from writes.models import Customer, Order, OrderItem, Product, aware
+from writes.ondriver import OnDriver
 
 
 class Line(Protocol):
@@ -140,7 +142,7 @@ class Taken(NamedTuple):
 # them), with the new order's id drawn from its identity and the transaction's now(), the column
 # defaults the order's INSERT would otherwise return: one round trip instead of two. An unknown
 # customer moves nothing; a cancel names none, and draws no id.
-MOVE_STOCK = (
+MOVE_STOCK = OnDriver(
     text("""
     WITH customer AS MATERIALIZED (
         SELECT email, name, nextval(pg_get_serial_sequence('orders', 'id')) AS order_id, now() AS now
@@ -156,22 +158,20 @@ MOVE_STOCK = (
      WHERE p.id = d.id AND p.stock + d.delta >= 0 AND (:customer_id IS NULL OR customer.email IS NOT NULL)
     RETURNING p.id, p.sku, p.name, p.price_cents, customer.email AS customer_email, customer.name AS customer_name,
               customer.order_id, customer.now
-""")
-    .bindparams(
+""").bindparams(
         bindparam("customer_id", type_=BigInteger),
         bindparam("ids", type_=ARRAY(BigInteger)),
         bindparam("deltas", type_=ARRAY(BigInteger)),
     )
-    .columns(now=Timestamp)
 )
 STOCKS = select(Product.id, Product.stock).where(Product.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
 CUSTOMER_EXISTS = select(Customer.id).where(Customer.id == bindparam("customer_id", type_=BigInteger))
 
 
-async def moved_stock(session: AsyncSession, customer_id: int | None, deltas: dict[int, int]) -> list[Row[Any]]:
+async def moved_stock(session: AsyncSession, customer_id: int | None, deltas: dict[int, int]) -> list[Record]:
     """Add each delta to its product's stock (``MOVE_STOCK``); the rows of the products it moved."""
     parameters = {"customer_id": customer_id, "ids": list(deltas), "deltas": list(deltas.values())}
-    return list(await session.execute(MOVE_STOCK, parameters))
+    return await MOVE_STOCK.fetch(session, parameters)
 
 
 async def take_stock(session: AsyncSession, customer_id: int, wanted: dict[int, int]) -> Taken:
@@ -180,11 +180,11 @@ async def take_stock(session: AsyncSession, customer_id: int, wanted: dict[int, 
     locked until the order commits."""
     rows = await moved_stock(session, customer_id, {product_id: -quantity for product_id, quantity in wanted.items()})
     if len(rows) < len(wanted):
-        await explain_shortage(session, customer_id, wanted, {row.id for row in rows})
+        await explain_shortage(session, customer_id, wanted, {row["id"] for row in rows})
     first = rows[0]
-    customer = OrderCustomer(id=customer_id, email=first.customer_email, name=first.customer_name)
-    products = {row.id: Described(row.id, row.sku, row.name, row.price_cents) for row in rows}
-    return Taken(customer, products, first.order_id, first.now)
+    customer = OrderCustomer(id=customer_id, email=first["customer_email"], name=first["customer_name"])
+    products = {row["id"]: Described(row["id"], row["sku"], row["name"], row["price_cents"]) for row in rows}
+    return Taken(customer, products, first["order_id"], first["now"])
 
 
 async def explain_shortage(
@@ -209,7 +209,7 @@ async def return_stock(session: AsyncSession, deltas: dict[int, int]) -> None:
     """Add each delta to its product's stock, or nothing at all (409): a cancel returning what its
     order took. The statement's condition never refuses here, since the stock was taken before; it
     is what keeps the invariant true at the statement itself, whatever the code before it does."""
-    moved = {row.id for row in await moved_stock(session, None, deltas)}
+    moved = {row["id"] for row in await moved_stock(session, None, deltas)}
     if len(moved) != len(deltas):
         short = ", ".join(f"product {product_id}" for product_id in sorted(deltas.keys() - moved))
         raise InsufficientStock(f"{short}: not enough in stock")
@@ -220,7 +220,7 @@ async def return_stock(session: AsyncSession, deltas: dict[int, int]) -> None:
 # where the UPDATE's RETURNING alone could not say what the status was before. FOR NO KEY UPDATE is
 # the lock the UPDATE takes anyway. The order's lines (at most 100) repeat its columns. Nothing goes
 # through the session's identity map: the view is built from the rows (``changed_view``).
-CHANGE_STATUS = (
+CHANGE_STATUS = OnDriver(
     text("""
     WITH current AS MATERIALIZED (
         SELECT id, status, version FROM orders WHERE id = :order_id FOR NO KEY UPDATE
@@ -242,15 +242,13 @@ CHANGE_STATUS = (
       JOIN order_items i ON i.order_id = o.id
       JOIN products p ON p.id = i.product_id
      ORDER BY i.line_no
-""")
-    .bindparams(
+""").bindparams(
         bindparam("order_id", type_=BigInteger),
         bindparam("target", type_=String),
         bindparam("sources", type_=ARRAY(String)),
         bindparam("any_version", type_=Boolean),
         bindparam("versions", type_=ARRAY(Integer)),
     )
-    .columns(created_at=Timestamp, updated_at=Timestamp)
 )
 
 
@@ -273,12 +271,12 @@ async def change_status(session: AsyncSession, order_id: int, if_match: IfMatch,
         "versions": [] if if_match is None else list(if_match),
         "target": rule.target,
     }
-    rows = (await session.execute(CHANGE_STATUS, parameters)).all()
+    rows = await CHANGE_STATUS.fetch(session, parameters)
     if not rows:
         await explain_refusal(session, order_id, if_match, rule)
     first = rows[0]
     # Both statuses are the column's (its CHECK keeps them known); ``was`` is one of rule.sources.
-    return Changed(changed_view(rows), cast(OrderStatus, first.was), first.took_stock)
+    return Changed(changed_view(rows), cast(OrderStatus, first["was"]), first["took_stock"])
 
 
 async def explain_refusal(session: AsyncSession, order_id: int, if_match: IfMatch, rule: Transition) -> NoReturn:
@@ -324,21 +322,22 @@ def line_view_of(line: PricedLine, product: Named) -> OrderItemView:
     return line_view(line.product_id, product.sku, product.name, line.quantity, line.unit_price_cents)
 
 
-def changed_view(rows: Sequence[Row[Any]]) -> OrderView:
+def changed_view(rows: Sequence[Record]) -> OrderView:
     """The view of an order from ``CHANGE_STATUS``'s rows, one per line."""
     first = rows[0]
     return OrderView(
-        id=first.id,
-        customer=OrderCustomer(id=first.customer_id, email=first.email, name=first.customer_name),
-        status=cast(OrderStatus, first.status),
+        id=first["id"],
+        customer=OrderCustomer(id=first["customer_id"], email=first["email"], name=first["customer_name"]),
+        status=cast(OrderStatus, first["status"]),
         items=[
-            line_view(row.product_id, row.sku, row.product_name, row.quantity, row.unit_price_cents) for row in rows
+            line_view(row["product_id"], row["sku"], row["product_name"], row["quantity"], row["unit_price_cents"])
+            for row in rows
         ],
-        item_count=first.item_count,
-        total_cents=first.total_cents,
-        version=first.version,
-        created_at=first.created_at,
-        updated_at=first.updated_at,
+        item_count=first["item_count"],
+        total_cents=first["total_cents"],
+        version=first["version"],
+        created_at=aware(first["created_at"]),
+        updated_at=aware(first["updated_at"]),
     )
 
 
