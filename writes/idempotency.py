@@ -26,6 +26,7 @@ from shared.errors import IdempotencyKeyReused, InvalidInput, RequestInProgress
 from shared.sides import resources
 from writes.db import WritePool, in_batches, periodically
 from writes.models import IdempotencyKey
+from writes.ondriver import OnDriver
 
 KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # How long a retry waits for the first request with its key before it gets a 409 instead.
@@ -45,8 +46,9 @@ LOCK_NOT_AVAILABLE = "55P03"
 #   own locks wait as long as any command's, up to WRITE_STATEMENT_TIMEOUT_MS. It also reads the
 #   stored response, so a replay needs no second statement, unless the row was committed by the
 #   transaction the INSERT waited for: the statement's snapshot predates it (see ``_stored``).
-CLAIM = text(
-    """
+CLAIM = OnDriver(
+    text(
+        """
     WITH previous AS MATERIALIZED (SELECT current_setting('lock_timeout') AS lock_timeout),
     bounded AS MATERIALIZED (
         SELECT lock_timeout, set_config('lock_timeout', :in_progress_wait, true) FROM previous
@@ -72,6 +74,7 @@ CLAIM = text(
       LEFT JOIN idempotency_keys AS stored
         ON stored.token_hash = :token_hash AND stored.key = :key AND stored.expires_at >= now()
     """
+    )
 )
 
 # Expired keys are deleted in the background, a bounded batch per transaction: rows a claim is
@@ -122,18 +125,21 @@ def claim_for(request: Request, token: str, key: str, body: bytes) -> Claim:
 
 # A plain statement, not the ORM's update(IdempotencyKey): that one looks for matching objects in
 # the session to synchronize, and cost 0.8 ms of CPU a command against 0.1 ms for this (measured).
-STORE = text(
-    """
+# On the driver (``OnDriver``), with the read models' statement when the command left one.
+STORE = OnDriver(
+    text(
+        """
     UPDATE idempotency_keys SET status_code = :status, headers = :headers, body = :body
      WHERE token_hash = :token_hash AND key = :key
     """
+    )
 )
 
 
 async def store_response(session: AsyncSession, claim: Claim, response: StoredResponse) -> None:
     """Keep the response for replays; it commits with the command's effects, or not at all."""
-    await session.execute(
-        STORE,
+    await STORE.execute(
+        session,
         {
             "token_hash": claim.token_hash,
             "key": claim.key,
@@ -154,16 +160,16 @@ async def claim_key(session: AsyncSession, claim: Claim) -> StoredResponse | Non
         "in_progress_wait": IN_PROGRESS_WAIT,
     }
     try:
-        row = (await session.execute(CLAIM, parameters)).one()
+        [row] = await CLAIM.fetch(session, parameters)
     except DBAPIError as exc:
         if sqlstate(exc) == LOCK_NOT_AVAILABLE:
             raise RequestInProgress(f"a request with Idempotency-Key {claim.key!r} is still running") from None
         raise
-    if row.claimed:
+    if row["claimed"]:
         return None
-    if row.fingerprint is None:
+    if row["fingerprint"] is None:
         return await _stored(session, claim)
-    return _replay(claim, row.fingerprint, row.status_code, row.headers, row.body)
+    return _replay(claim, row["fingerprint"], row["status_code"], row["headers"], row["body"])
 
 
 async def _stored(session: AsyncSession, claim: Claim) -> StoredResponse:

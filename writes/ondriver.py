@@ -1,7 +1,8 @@
 """Statements a unit of work sends on the asyncpg connection under its session, inside its
 transaction: the ones a command sends on every call that are not the ORM's bookkeeping (the stock's
-and the status's changes, the read models', the events'), and an import's COPY. SQLAlchemy's execution costs several times the statement
-itself there; errors are wrapped as SQLAlchemy wraps them, so ``WritePool.run`` treats them alike.
+and the status's changes, the idempotency key's, the read models', the events'), and an import's
+COPY. SQLAlchemy's execution costs several times the statement itself there; errors are wrapped as
+SQLAlchemy wraps them, so ``WritePool.run`` treats them alike.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class OnDriver:
         """Its rows, after what ``defer`` left (sent first, on its own)."""
         await send_deferred(session)
         return await _on_driver(session, self.sql, [parameters[name] for name in self.names])
+
+    async def execute(self, session: AsyncSession, parameters: Mapping[str, Any]) -> None:
+        """Send this, with what ``defer`` left in the same round trip (``execute_on_driver``)."""
+        await execute_on_driver(session, self.sql, [parameters[name] for name in self.names])
 
     async def defer(self, session: AsyncSession, parameters: Mapping[str, Any]) -> None:
         """Send this with the unit of work's next statement on the driver (``execute_on_driver``),
