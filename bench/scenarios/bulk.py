@@ -3,7 +3,8 @@
   identity sequence, COPY inside the command's transaction), through ``WritePool.run``;
 - the ORM's ``add_all`` of the same orders with their items, through ``WritePool.run`` too;
 - a bare asyncpg COPY of the same rows: no validation, the floor.
-The HTTP and NDJSON decoding in front of the import is left out of all three."""
+The HTTP and NDJSON decoding in front of the import is left out of all three. After each write,
+the database must hold every order and item it was given, more than before."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench.core import Context, Measurement
+from bench.scenarios.writes import InvariantBroken
 from shared.config import Settings
 from shared.dto import ImportedOrder
 from testkit.database import connected
@@ -45,14 +47,31 @@ async def measure(ctx: Context) -> list[Measurement]:
             "bare asyncpg COPY": partial(via_bare_copy, ctx.database_url),
         }
         took: dict[str, list[float]] = defaultdict(list)
+        expected = (len(orders), sum(len(order.items) for order in orders))
         for _ in range(ctx.sizes.rounds):
             for name, write in contenders.items():
+                before = await written(ctx.database_url)
                 started = time.perf_counter()
                 await write(orders)
                 took[name].append(time.perf_counter() - started)
+                # A contender timed for rows it did not write would look fast: each must add them all.
+                after = await written(ctx.database_url)
+                if (after[0] - before[0], after[1] - before[1]) != expected:
+                    raise InvariantBroken(
+                        f"{name} wrote {after[0] - before[0]} orders and "
+                        f"{after[1] - before[1]} items of {expected[0]} and {expected[1]}"
+                    )
     finally:
         await pool.close()
     return [timed(name, len(orders), seconds) for name, seconds in took.items()]
+
+
+async def written(url: str) -> tuple[int, int]:
+    """How many orders and order items the database holds."""
+    async with connected(url) as connection:
+        orders: int = await connection.fetchval("SELECT count(*) FROM orders")
+        items: int = await connection.fetchval("SELECT count(*) FROM order_items")
+    return orders, items
 
 
 def timed(name: str, orders: int, seconds: list[float]) -> Measurement:
