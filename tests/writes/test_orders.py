@@ -300,3 +300,17 @@ async def test_the_stock_update_itself_refuses_to_go_below_zero(
     finally:
         await pool.close()
     assert await stocks(db) == {mug: 3, tea: 9}
+
+
+async def test_a_transition_answers_in_utc_for_an_order_whose_creation_was_written_as_infinity(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    # No command stores infinity; a row written by hand may. asyncpg reads it as a naive
+    # datetime.max, which the view must still give in UTC, as for every other instant.
+    customer_id = await new_customer(client)
+    order = await new_order(client, customer_id, (await new_product(client), 1))
+    await db.execute("UPDATE orders SET created_at = 'infinity' WHERE id = $1", order["id"])
+    paid = await client.post(f"/v1/orders/{order['id']}/pay", headers=AUTH)
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["created_at"] == "9999-12-31T23:59:59.999999Z"
+    assert paid.json()["updated_at"].endswith("Z")
