@@ -39,8 +39,10 @@ BLOCK = 256  # the longest block of days (shared.salesblocks)
 def one_stripe(settings: Settings) -> Settings:
     """Every sale of a day on one row of sales_daily: the hot row at its fullest. An import of 100 000
     items may take seconds while the suite's standby replays them: these tests are about sums, so
-    no statement timeout cuts them short."""
-    return msgspec.structs.replace(settings, read_model_stripes=1, write_statement_timeout_ms=0)
+    the statement timeout is a minute, far past any of them, and a statement that runs away fails
+    the test instead of hanging the suite (one full run of 2026-12-04 saw an import's read-model
+    statement spin for minutes; five others and the file alone passed in seconds)."""
+    return msgspec.structs.replace(settings, read_model_stripes=1, write_statement_timeout_ms=60_000)
 
 
 @pytest.fixture
