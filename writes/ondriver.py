@@ -50,10 +50,10 @@ class OnDriver:
     """A Core ``text()`` statement of a unit of work, compiled once for asyncpg and sent on the
     session's driver connection, inside its transaction (``driver_connection``). For the statements
     a command sends on every call that are not the unit of work's bookkeeping (the stock and status
-    changes, read models, events): through ``session.execute`` one costs about 90 microseconds of
-    CPU more (measured), for the compile-cache lookup, the execution context and the result
-    wrapping. Errors are SQLAlchemy's, as on the session (``wrapped_like_sqlalchemy``); rows are
-    asyncpg's records."""
+    changes, the idempotency key's, read models, events): through ``session.execute`` one costs
+    about 90 microseconds of CPU more (measured), for the compile-cache lookup, the execution
+    context and the result wrapping. Errors are SQLAlchemy's, as on the session
+    (``wrapped_like_sqlalchemy``); rows are asyncpg's records."""
 
     def __init__(self, statement: TextClause | TextualSelect) -> None:
         compiled = statement.compile(dialect=ASYNCPG_DIALECT)
