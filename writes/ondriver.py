@@ -35,9 +35,14 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     command's first statement can go on the driver too, and SQLAlchemy's later ones, its flush and
     its COMMIT, find the transaction begun, as after a statement of its own."""
     adapted: Any = session.sync_session.connection().connection.dbapi_connection
-    if adapted._transaction is None:
-        await adapted._start_transaction()
     driver = adapted.driver_connection
+    if adapted._transaction is None:
+        try:
+            await adapted._start_transaction()
+        except adapted.dbapi.Error as exc:
+            # The adapter's own exception, which SQLAlchemy wraps only around its statements: wrapped
+            # here as there, so WritePool.run classifies a BEGIN on a dead connection (a 503).
+            raise DBAPIError("BEGIN", None, exc, connection_invalidated=driver.is_closed()) from exc
     assert isinstance(driver, asyncpg.Connection)
     assert driver.is_in_transaction(), "a statement on the driver must run inside the command's transaction"
     return driver

@@ -188,3 +188,24 @@ async def test_a_read_model_statement_no_event_took_along_is_sent_before_the_com
     )
     assert tuple(totals) == (1, 0)
     assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_a_connection_lost_before_a_command_on_the_driver_begins_is_database_unavailable(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """A place's first statement goes on the driver, so its BEGIN is sent there
+    (``writes.ondriver.driver_connection``). With the pre-ping off, a connection whose backend
+    died while it sat in the pool fails at that BEGIN: a 503 naming the lost connection, as a
+    statement through the session would be, never an unclassified error (a 500)."""
+    pool = await WritePool.open(msgspec.structs.replace(settings, write_pool_pre_ping=False))
+    try:
+        killed = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE application_name = $1",
+            WRITE_APPLICATION,
+        )
+        assert killed == 5
+        command = PlaceOrder(customer_id=1, items=[OrderLine(product_id=1, quantity=1)])
+        with pytest.raises(DatabaseUnavailable, match="lost"):
+            await pool.run(partial(place_order, command))
+    finally:
+        await pool.close()
