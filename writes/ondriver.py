@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
 import asyncpg
-from sqlalchemy import TextClause, TextualSelect
+from sqlalchemy import TextClause
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,7 +60,7 @@ class OnDriver:
     context and the result wrapping. Errors are SQLAlchemy's, as on the session
     (``wrapped_like_sqlalchemy``); rows are asyncpg's records."""
 
-    def __init__(self, statement: TextClause | TextualSelect) -> None:
+    def __init__(self, statement: TextClause) -> None:
         compiled = statement.compile(dialect=ASYNCPG_DIALECT)
         self.sql = str(compiled)
         self.names = tuple(compiled.positiontup or ())
@@ -69,18 +69,22 @@ class OnDriver:
     async def fetch(self, session: AsyncSession, parameters: Mapping[str, Any]) -> list[asyncpg.Record]:
         """Its rows, after what ``defer`` left (sent first, on its own)."""
         await send_deferred(session)
-        return await _on_driver(session, self.sql, [parameters[name] for name in self.names])
+        return await _on_driver(session, self.sql, self.arguments(parameters))
 
     async def execute(self, session: AsyncSession, parameters: Mapping[str, Any]) -> None:
         """Send this, with what ``defer`` left in the same round trip (``execute_on_driver``)."""
-        await execute_on_driver(session, self.sql, [parameters[name] for name in self.names])
+        await execute_on_driver(session, self.sql, self.arguments(parameters))
 
     async def defer(self, session: AsyncSession, parameters: Mapping[str, Any]) -> None:
         """Send this with the unit of work's next statement on the driver (``execute_on_driver``),
         or alone just before its commit (``send_deferred``): a round trip fewer. For a command's
         last statement, the read models', whose effects nothing after it in the unit of work reads."""
         await send_deferred(session)  # one at a time
-        session.info[DEFERRED] = Deferred(self, [parameters[name] for name in self.names])
+        session.info[DEFERRED] = Deferred(self, self.arguments(parameters))
+
+    def arguments(self, parameters: Mapping[str, Any]) -> list[Any]:
+        """``parameters``, by name, in the order of the compiled statement's $1...$n."""
+        return [parameters[name] for name in self.names]
 
     def preceded_by(self, statement: str) -> str:
         """One statement that runs ``statement`` (data-modifying, $1...$n, no WITH of its own), then

@@ -233,15 +233,15 @@ def statements(app: Starlette) -> Iterator[list[str]]:
     session's and those sent on its driver (``writes.ondriver``), as asyncpg sees them."""
     engine = write_pool(app).engine.sync_engine
     seen: list[str] = []
-    logged: dict[int, asyncpg.Connection] = {}
+    logged: set[asyncpg.Connection] = set()
 
     def record(query: LoggedQuery) -> None:
         seen.append(query.query)
 
     def checkout(dbapi_connection: Any, *_: object) -> None:
         driver = dbapi_connection.driver_connection
-        if id(driver) not in logged:
-            logged[id(driver)] = driver
+        if driver not in logged:
+            logged.add(driver)
             driver.add_query_logger(record)
 
     event.listen(engine, "checkout", checkout)
@@ -249,7 +249,7 @@ def statements(app: Starlette) -> Iterator[list[str]]:
         yield seen
     finally:
         event.remove(engine, "checkout", checkout)
-        for driver in logged.values():
+        for driver in logged:
             driver.remove_query_logger(record)
 
 
