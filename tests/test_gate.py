@@ -1,0 +1,96 @@
+"""The gate in front of each pool (``shared.pools.Gate``): its places go first come, first served, a
+wait that runs out is a 503, and no way of leaving the queue loses a place: a place lost would
+shrink the pool for the life of the process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.dbfailures import READ
+from shared.errors import PoolExhausted
+from shared.pools import Gate
+
+
+async def hold(gate: Gate, name: str, order: list[str], release: asyncio.Event, wait: float = 5.0) -> None:
+    async with gate.slot(wait):
+        order.append(name)
+        await release.wait()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_freed_place_goes_to_the_longest_waiting_not_to_a_later_arrival() -> None:
+    gate = Gate(READ, capacity=1, max_waiting=10)
+    order: list[str] = []
+    releases = {name: asyncio.Event() for name in ("first", "second", "third", "late")}
+    tasks = [asyncio.create_task(hold(gate, name, order, releases[name])) for name in ("first", "second", "third")]
+    await settle()
+    assert (order, gate.in_use, gate.waiting) == (["first"], 1, 2)
+
+    releases["first"].set()
+    late = asyncio.create_task(hold(gate, "late", order, releases["late"]))  # arrives as the place frees
+    await settle()
+    assert order == ["first", "second"]
+    for name in ("second", "third", "late"):
+        releases[name].set()
+    await asyncio.gather(*tasks, late)
+
+    assert order == ["first", "second", "third", "late"]
+    assert (gate.in_use, gate.waiting) == (0, 0)
+
+
+async def test_a_wait_that_runs_out_is_refused_and_leaves_the_queue() -> None:
+    gate = Gate(READ, capacity=1, max_waiting=10)
+    async with gate.slot(5.0):
+        with pytest.raises(PoolExhausted, match="READ_POOL_ACQUIRE_TIMEOUT"):
+            async with gate.slot(0.05):
+                pytest.fail("entered a full gate")
+        assert (gate.in_use, gate.waiting) == (1, 0)
+    async with gate.slot(0.05):  # the place the refused waiter never took is free
+        assert gate.in_use == 1
+    assert gate.in_use == 0
+
+
+async def test_a_waiter_cancelled_while_waiting_leaves_the_queue() -> None:
+    gate = Gate(READ, capacity=1, max_waiting=10)
+    order: list[str] = []
+    release = asyncio.Event()
+    holder = asyncio.create_task(hold(gate, "holder", order, release))
+    gone = asyncio.create_task(hold(gate, "gone", order, release))
+    await settle()
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    assert gate.waiting == 0
+
+    release.set()
+    await holder
+    assert order == ["holder"]
+    assert (gate.in_use, gate.waiting) == (0, 0)
+
+
+async def test_a_waiter_cancelled_after_a_place_was_handed_to_it_passes_the_place_on() -> None:
+    gate = Gate(READ, capacity=1, max_waiting=10)
+    order: list[str] = []
+    after = asyncio.Event()
+    await gate.enter(5.0)
+    handed = asyncio.create_task(hold(gate, "handed", order, after))
+    next_in_line = asyncio.create_task(hold(gate, "next", order, after))
+    await settle()
+    assert gate.waiting == 2
+
+    gate.leave()  # hands the place to "handed", which is cancelled before it resumes
+    handed.cancel()
+    await asyncio.gather(handed, return_exceptions=True)
+    await settle()
+    assert order == ["next"]  # the place went on, not lost
+    after.set()
+    await next_in_line
+
+    assert (gate.in_use, gate.waiting) == (0, 0)
+    async with gate.slot(0.05):
+        pass
