@@ -27,6 +27,9 @@ class Answers:
 
     seconds: float = 0.0
     answers: list[tuple[int, float]] = field(default_factory=list)
+    # How late the load generator's own event loop woke a ``PROBE`` sleep, in seconds, throughout the
+    # run: a floor under every latency its clients measured (they wait for the same loop).
+    late: list[float] = field(default_factory=list)
 
     def latencies(self, statuses: frozenset[int]) -> list[float]:
         return sorted(took for status, took in self.answers if status in statuses)
@@ -96,9 +99,21 @@ async def post_orders(
         ]
         await asyncio.gather(*(http.get("/healthz") for http in https))
         started, deadline = time.perf_counter(), time.monotonic() + seconds
-        await asyncio.gather(*(load.client(http, number, deadline, answers) for number, http in enumerate(https)))
+        sessions = [load.client(http, number, deadline, answers) for number, http in enumerate(https)]
+        await asyncio.gather(*sessions, lateness(deadline, answers.late))
         answers.seconds = time.perf_counter() - started
     return answers
+
+
+PROBE = 0.005  # seconds
+
+
+async def lateness(deadline: float, late: list[float]) -> None:
+    """Until ``deadline``: sleep ``PROBE`` seconds, again and again, and record how late each wake-up was."""
+    while time.monotonic() < deadline:
+        asleep = time.perf_counter()
+        await asyncio.sleep(PROBE)
+        late.append(time.perf_counter() - asleep - PROBE)
 
 
 def accepted(scenario: str, case: str, contender: str, runs: list[Answers]) -> Measurement:

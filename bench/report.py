@@ -9,7 +9,7 @@ import platform
 import subprocess
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -155,7 +155,10 @@ def speed_targets(ms: list[Measurement], pool_size: int) -> list[Target]:
     found.append(ratio_target("import ÷ bare COPY", 0.8, bulk["import command (COPY)"], bulk["bare asyncpg COPY"]))
     crowd = find(ms, "writes", "no key", "200 clients")
     found.append(limit_target("200 writers: accepted p99", 250, crowd.p99_ms, "ms"))
-    found.append(limit_target("200 writers: rejected p99", 20, crowd.extra.get("rejected_p99_ms", 0.0), "ms"))
+    rejected = limit_target("200 writers: rejected p99", 20, crowd.extra.get("rejected_p99_ms", 0.0), "ms")
+    # What the clients measured includes their own loop's delays: how late it woke, beside it.
+    late = crowd.extra.get("generator_late_p99_ms", 0.0)
+    found.append(replace(rejected, measured=f"{rejected.measured} (the load generator's own loop: {late:.1f} ms late)"))
     inside = crowd.extra.get("rejected_in_server_p99_ms", 0.0)
     found.append(limit_target("200 writers: rejected p99 inside the server", 5, inside, "ms"))
     found.append(

@@ -130,9 +130,10 @@ async def check_stock(url: str, before: tuple[int, dict[int, int]], created: int
 
 
 def measurement(label: str, clients: int, runs: list[Answers], rejected_in_server: list[float]) -> Measurement:
-    """The accepted commands (``bench.load.accepted``), and the refused ones as seen by the clients
-    and inside the server."""
+    """The accepted commands (``bench.load.accepted``), the refused ones as seen by the clients and
+    inside the server, and how late the load generator's own loop was meanwhile (``Answers.late``)."""
     rejected = sorted(t for answers in runs for t in answers.latencies(frozenset({REJECTED})))
+    late = sorted(t for answers in runs for t in answers.late)
     found = accepted(SCENARIO, label, f"{clients} clients", runs)
     answered = found.count + len(rejected)
     return replace(
@@ -143,5 +144,6 @@ def measurement(label: str, clients: int, runs: list[Answers], rejected_in_serve
             "rejected_p50_ms": quantile_ms(rejected, 0.5),
             "rejected_p99_ms": quantile_ms(rejected, 0.99),
             "rejected_in_server_p99_ms": quantile_ms(rejected_in_server, 0.99),
+            "generator_late_p99_ms": quantile_ms(late, 0.99),
         },
     )
