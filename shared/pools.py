@@ -128,15 +128,16 @@ class Gate:
         except asyncio.CancelledError:
             # Cancelled while waiting; or just after a place was handed over, before it resumed:
             # that place goes on to the next in line.
-            if place.cancelled():
-                self._forget(place)
-            elif place.result():
+            if _handed(place):
                 self.leave()
+            else:
+                self._forget(place)
             raise
         finally:
             expiry.cancel()
-            self.waiting -= 1
-            series.waiting.set(self.waiting)
+            if not _handed(place):  # a place handed over stopped counting as waiting then (``leave``)
+                self.waiting -= 1
+                series.waiting.set(self.waiting)
         if not handed:
             self._forget(place)
             series.timeouts.inc()
@@ -149,6 +150,8 @@ class Gate:
             place = self._waiters.popleft()
             if not place.done():
                 place.set_result(True)  # in_use stays: the place changes hands
+                self.waiting -= 1  # at once, so the queue is never counted one longer than it is
+                self._series.waiting.set(self.waiting)
                 return
         self.in_use -= 1
         self._series.in_use.set(self.in_use)
@@ -156,6 +159,10 @@ class Gate:
     def _forget(self, place: asyncio.Future[bool]) -> None:
         if place in self._waiters:  # else ``leave`` took it off already
             self._waiters.remove(place)
+
+
+def _handed(place: asyncio.Future[bool]) -> bool:
+    return place.done() and not place.cancelled() and place.result()
 
 
 def _run_out(place: asyncio.Future[bool]) -> None:

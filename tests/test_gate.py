@@ -94,3 +94,20 @@ async def test_a_waiter_cancelled_after_a_place_was_handed_to_it_passes_the_plac
     assert (gate.in_use, gate.waiting) == (0, 0)
     async with gate.slot(0.05):
         pass
+
+
+async def test_a_place_handed_over_stops_counting_as_waiting_at_once() -> None:
+    """Between the hand-over and the waiter's resuming, the queue is not counted one longer than it
+    is: an arrival in that moment is not refused for a queue that is not full."""
+    gate = Gate(READ, capacity=1, max_waiting=1)
+    await gate.enter(5.0)
+    waiter = asyncio.create_task(gate.enter(5.0))
+    await settle()
+    assert gate.waiting == 1
+
+    gate.leave()  # the place goes to the waiter, which has not resumed yet
+    assert (gate.in_use, gate.waiting) == (1, 0)
+    gate.refuse_if_full()  # one holds, none waits: an arrival may queue
+    await waiter
+    gate.leave()
+    assert (gate.in_use, gate.waiting) == (0, 0)
