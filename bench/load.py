@@ -23,25 +23,32 @@ REJECTED = 503
 
 @dataclass
 class Answers:
-    """Every answer of one load run: (status, seconds) in the order they arrived."""
+    """Every answer of one load run: (status, seconds, seconds before the request left) in the order
+    they arrived."""
 
     seconds: float = 0.0
-    answers: list[tuple[int, float]] = field(default_factory=list)
-    # How late the load generator's own event loop woke a ``PROBE`` sleep, in seconds, throughout the
-    # run: a floor under every latency its clients measured (they wait for the same loop).
-    late: list[float] = field(default_factory=list)
+    answers: list[tuple[int, float, float]] = field(default_factory=list)
 
     def latencies(self, statuses: frozenset[int]) -> list[float]:
-        return sorted(took for status, took in self.answers if status in statuses)
+        return sorted(took for status, took, _ in self.answers if status in statuses)
+
+    def before_sending(self, statuses: frozenset[int]) -> list[float]:
+        """How long each answer's request took to leave the load generator (its own loop's queue:
+        clients refused together come back together, and one loop sends their requests in turn)."""
+        return sorted(waited for status, _, waited in self.answers if status in statuses)
+
+    def after_sending(self, statuses: frozenset[int]) -> list[float]:
+        """From each request's last byte sent to its whole answer read."""
+        return sorted(took - waited for status, took, waited in self.answers if status in statuses)
 
     def count(self, statuses: frozenset[int]) -> int:
-        return sum(status in statuses for status, _ in self.answers)
+        return sum(status in statuses for status, _, _ in self.answers)
 
     def created(self) -> int:
-        return sum(status == 201 for status, _ in self.answers)
+        return sum(status == 201 for status, _, _ in self.answers)
 
     def errors(self) -> int:
-        return sum(status not in ACCEPTED and status != REJECTED for status, _ in self.answers)
+        return sum(status not in ACCEPTED and status != REJECTED for status, _, _ in self.answers)
 
 
 OrderBody = Callable[[random.Random], dict[str, object]]
@@ -65,16 +72,24 @@ class OrderLoad:
     async def client(self, http: httpx.AsyncClient, number: int, deadline: float, answers: Answers) -> None:
         rng = random.Random(number)
         headers = {"Authorization": f"Bearer {self.token}"}
+        sent = [0.0]  # when the request's last byte left (httpx's trace), else when it was begun
+
+        async def trace(event: str, info: dict[str, object]) -> None:
+            if event == "http11.send_request_body.complete":
+                sent[0] = time.perf_counter()
+
         while time.monotonic() < deadline:
             if self.keyed:
                 headers["Idempotency-Key"] = uuid.uuid4().hex
-            sent = time.perf_counter()
+            begun = sent[0] = time.perf_counter()
             try:
-                response = await http.post("/v1/orders", json=self.body(rng), headers=headers)
+                response = await http.post(
+                    "/v1/orders", json=self.body(rng), headers=headers, extensions={"trace": trace}
+                )
             except httpx.TransportError:
-                answers.answers.append((0, time.perf_counter() - sent))
+                answers.answers.append((0, time.perf_counter() - begun, sent[0] - begun))
                 continue
-            answers.answers.append((response.status_code, time.perf_counter() - sent))
+            answers.answers.append((response.status_code, time.perf_counter() - begun, sent[0] - begun))
             if response.status_code == REJECTED and self.honour_retry_after:
                 pause = float(response.headers.get("retry-after", "1"))
                 await asyncio.sleep(min(pause, deadline - time.monotonic()))
@@ -99,21 +114,9 @@ async def post_orders(
         ]
         await asyncio.gather(*(http.get("/healthz") for http in https))
         started, deadline = time.perf_counter(), time.monotonic() + seconds
-        sessions = [load.client(http, number, deadline, answers) for number, http in enumerate(https)]
-        await asyncio.gather(*sessions, lateness(deadline, answers.late))
+        await asyncio.gather(*(load.client(http, number, deadline, answers) for number, http in enumerate(https)))
         answers.seconds = time.perf_counter() - started
     return answers
-
-
-PROBE = 0.005  # seconds
-
-
-async def lateness(deadline: float, late: list[float]) -> None:
-    """Until ``deadline``: sleep ``PROBE`` seconds, again and again, and record how late each wake-up was."""
-    while time.monotonic() < deadline:
-        asleep = time.perf_counter()
-        await asyncio.sleep(PROBE)
-        late.append(time.perf_counter() - asleep - PROBE)
 
 
 def accepted(scenario: str, case: str, contender: str, runs: list[Answers]) -> Measurement:

@@ -130,10 +130,12 @@ async def check_stock(url: str, before: tuple[int, dict[int, int]], created: int
 
 
 def measurement(label: str, clients: int, runs: list[Answers], rejected_in_server: list[float]) -> Measurement:
-    """The accepted commands (``bench.load.accepted``), the refused ones as seen by the clients and
-    inside the server, and how late the load generator's own loop was meanwhile (``Answers.late``)."""
-    rejected = sorted(t for answers in runs for t in answers.latencies(frozenset({REJECTED})))
-    late = sorted(t for answers in runs for t in answers.late)
+    """The accepted commands (``bench.load.accepted``), and the refused ones as seen by the clients
+    (split where their requests left the load generator) and inside the server."""
+    refused = frozenset({REJECTED})
+    rejected = sorted(t for answers in runs for t in answers.latencies(refused))
+    unsent = sorted(t for answers in runs for t in answers.before_sending(refused))
+    sent = sorted(t for answers in runs for t in answers.after_sending(refused))
     found = accepted(SCENARIO, label, f"{clients} clients", runs)
     answered = found.count + len(rejected)
     return replace(
@@ -144,6 +146,7 @@ def measurement(label: str, clients: int, runs: list[Answers], rejected_in_serve
             "rejected_p50_ms": quantile_ms(rejected, 0.5),
             "rejected_p99_ms": quantile_ms(rejected, 0.99),
             "rejected_in_server_p99_ms": quantile_ms(rejected_in_server, 0.99),
-            "generator_late_p99_ms": quantile_ms(late, 0.99),
+            "rejected_before_sending_p99_ms": quantile_ms(unsent, 0.99),
+            "rejected_after_sending_p99_ms": quantile_ms(sent, 0.99),
         },
     )
