@@ -582,3 +582,40 @@ async def test_the_event_feed_is_read_from_the_replica_and_with_a_commands_token
     assert from_replica.json() == own.json()
     assert routed(after, "replica") == routed(before, "replica") + 1
     assert [(e["type"], e["data"]) for e in polled.json()["items"]] == [("customer.created", second.json())]
+
+
+async def test_a_replica_that_has_the_commands_commit_but_not_its_round_waits_for_the_round(
+    database_url: str, caught_up: Standby
+) -> None:
+    """A command answers at its commit, before the round that positions its event (``writes.events``).
+    A replica can have replayed the commit, so the token sends the read there, while the round is
+    still held on the primary: the page waits for the round to reach the replica and shows the event."""
+    settings = replica_settings(database_url, replica_url(caught_up, database_url))
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with asyncio.timeout(60), serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+            seen = (await client.get("/v1/events")).json()["next_cursor"]
+            # The rounds queue behind this lock on the feed's head row until it goes.
+            holder_tx = holder.transaction()
+            await holder_tx.start()
+            await holder.execute("SELECT FROM events_head FOR UPDATE")
+            created = await command(client, "/v1/customers", {"email": f"held{next(_serial)}@example.com", "name": "H"})
+            await asyncio.to_thread(caught_up.wait_caught_up, database_url)  # the replica has the commit
+            unpositioned = await holder.fetchval("SELECT count(*) FROM events WHERE position IS NULL")
+            before = await scrape(client)
+            reading = asyncio.create_task(client.get("/v1/events", params={"after": seen}, headers=with_token(created)))
+            await asyncio.sleep(0.5)
+            waited = not reading.done()
+            await holder_tx.rollback()  # the round goes on, and the replica replays it
+            own = await reading
+            after = await scrape(client)
+    finally:
+        await holder.close()
+
+    assert unpositioned == 1, "the command's event waited for its round"
+    assert waited, "the page waited for the round rather than answering without the event"
+    assert [(e["type"], e["data"]) for e in own.json()["items"]] == [("customer.created", created.json())]
+    # "waited": the replica, once the monitor saw it past the token (it may see it at once: "replica").
+    answered = {route: routed(after, route) - routed(before, route) for route in ("replica", "waited", "primary")}
+    assert answered["replica"] + answered["waited"] == 1, answered
+    assert answered["primary"] == 0, answered
