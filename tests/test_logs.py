@@ -33,8 +33,9 @@ from service.tracing import Tracing
 from shared.config import Settings
 from testkit.database import positioned_head
 from tests.processes import serve_env, serving_process, wait_ready
-from tests.support import running_client, serving
-from tests.writes.support import new_product
+from tests.support import AUTH, WRITE_TOKEN, running_client, serving
+from tests.writes import support as writes_support
+from tests.writes.support import NDJSON, ndjson, new_product
 from writes import events
 from writes.events import NewEvent
 from writes.ondriver import execute_on_driver
@@ -268,6 +269,35 @@ async def test_slow_statements_sent_on_the_driver_and_slow_positioning_rounds_ar
         lines[0],
     )
     assert re.fullmatch(r"events positioner: statement took \d+ ms .*: SELECT events_position\(\$1\)", lines[1])
+    assert PERSONAL not in caplog.text
+
+
+async def test_an_imports_slow_copy_is_logged_by_its_table_and_columns_not_its_rows(
+    database_url: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The order import writes its rows with COPY on the driver, past SQLAlchemy's hooks and
+    asyncpg's query loggers: a slow COPY is logged too (here held behind a lock on the table)."""
+    settings = Settings(
+        database_url=database_url, read_api_open=True, write_api_tokens=(WRITE_TOKEN,), slow_statement_ms=100
+    )
+    caplog.set_level(logging.WARNING)
+    async with running_client(create_app(settings)) as client:
+        created = await client.post("/v1/customers", json={"email": PERSONAL, "name": "C"}, headers=AUTH)
+        product = await new_product(client, stock=1)
+        body = ndjson(writes_support.line(created.json()["id"], (product, 1, 100)))
+        async with db.transaction():
+            await db.execute("LOCK TABLE orders IN SHARE MODE")  # COPY waits for this
+            importing = asyncio.create_task(client.post("/v1/orders/import", content=body, headers=NDJSON))
+            await asyncio.sleep(0.3)
+        response = await importing
+    assert response.status_code == 200, response.text
+    lines = [record.getMessage() for record in caplog.records if record.name == "orders_api.database.slow"]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(
+        r"write pool: statement took \d+ ms \(SLOW_STATEMENT_MS=100\): "
+        r"COPY orders \(id, customer_id, .*\) FROM STDIN",
+        lines[0],
+    )
     assert PERSONAL not in caplog.text
 
 

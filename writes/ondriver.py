@@ -140,9 +140,14 @@ async def _on_driver(session: AsyncSession, statement: str, arguments: Sequence[
             rows: list[asyncpg.Record] = await driver.fetch(statement, *arguments)
             return rows
     finally:
-        slow: SlowStatements | None = session.info.get(SLOW_STATEMENTS)
-        if slow is not None:
-            slow.observe(statement, time.perf_counter() - started)
+        observe_slow(session, statement, started)
+
+
+def observe_slow(session: AsyncSession, statement: str, started: float) -> None:
+    """SLOW_STATEMENT_MS for a statement sent on the driver (``started``: its ``time.perf_counter()``)."""
+    slow: SlowStatements | None = session.info.get(SLOW_STATEMENTS)
+    if slow is not None:
+        slow.observe(statement, time.perf_counter() - started)
 
 
 @asynccontextmanager
