@@ -5,6 +5,8 @@ shrink the pool for the life of the process."""
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import Counter
 
 import pytest
 
@@ -111,3 +113,55 @@ async def test_a_place_handed_over_stops_counting_as_waiting_at_once() -> None:
     await waiter
     gate.leave()
     assert (gate.in_use, gate.waiting) == (0, 0)
+
+
+async def test_under_random_holds_cancels_and_timeouts_no_place_is_lost_or_overused() -> None:
+    """Many requests at once, holding for random times, some with waits short enough to run out and
+    some cancelled: at random moments, and right as a holder leaves (when the place it frees has just
+    been handed to the longest waiting): never more holders than places, and every place back."""
+    gate = Gate(READ, capacity=3, max_waiting=1000)
+    rng = random.Random(20)  # noqa: S311 - a repeatable schedule, not a secret
+    holding = 0
+    most = 0
+    outcomes: Counter[str] = Counter()
+    queued: list[asyncio.Task[None]] = []  # the requests waiting for a place, longest waiting first
+
+    async def request(wait: float, hold: float) -> None:
+        nonlocal holding, most
+        me = asyncio.current_task()
+        assert me is not None
+        queued.append(me)
+        try:
+            async with gate.slot(wait):
+                queued.remove(me)
+                holding += 1
+                most = max(most, holding)
+                try:
+                    await asyncio.sleep(hold)
+                finally:
+                    holding -= 1
+            if queued and rng.random() < 0.3:
+                queued[0].cancel()  # most likely the one just handed this place, not yet resumed
+        except PoolExhausted:
+            outcomes["ran out"] += 1
+        else:
+            outcomes["served"] += 1
+        finally:
+            if me in queued:
+                queued.remove(me)
+
+    tasks = [asyncio.create_task(request(rng.choice([0.001, 0.01, 1.0]), rng.uniform(0, 0.003))) for _ in range(300)]
+    for _ in range(30):
+        await asyncio.sleep(rng.uniform(0, 0.002))
+        rng.choice(tasks).cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    cancelled = sum(isinstance(result, asyncio.CancelledError) for result in results)
+    assert most <= gate.capacity
+    assert (gate.in_use, gate.waiting, holding) == (0, 0, 0)
+    assert outcomes["served"] > 0, outcomes
+    assert outcomes["ran out"] > 0, outcomes
+    assert cancelled > 0
+    assert outcomes["served"] + outcomes["ran out"] + cancelled == len(tasks)
+    async with gate.slot(0.05), gate.slot(0.05), gate.slot(0.05):  # all three places are free again
+        assert gate.in_use == gate.capacity
