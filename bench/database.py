@@ -10,12 +10,15 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import writes.seed
+from bench.servers import process_cpu_seconds
 from service import embedded
 from service.schema import upgrade_to_head
 from shared.config import Settings
@@ -54,10 +57,45 @@ def add_orders(url: str, orders: int) -> float:
     return seed(url, customers=1, products=1, orders=orders)
 
 
+@dataclass(frozen=True)
+class DatabaseCpu:
+    """The CPU each process of the benchmark's PostgreSQL (its postmaster and every child: the
+    backends, the WAL writer, the checkpointer, autovacuum) has used so far, from ``/proc``."""
+
+    seconds: dict[int, float]  # by pid
+
+    @classmethod
+    def now(cls, url: str) -> DatabaseCpu:
+        # The embedded server listens on a socket in its data directory, the URL's ``host``.
+        data_dir = Path(parse_qs(urlsplit(url).query)["host"][0])
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        seconds = {}
+        for pid in [postmaster, *map(int, children)]:
+            with suppress(FileNotFoundError, ProcessLookupError):  # it exited meanwhile
+                seconds[pid] = process_cpu_seconds(pid)
+        return cls(seconds)
+
+    def since(self, before: DatabaseCpu) -> float:
+        """The CPU the server used from ``before`` to this one. A process that exited in between
+        took what it used with it; the pools keep their connections, so under load that is little."""
+        return sum(used - before.seconds.get(pid, 0.0) for pid, used in self.seconds.items())
+
+
 async def analyze(url: str) -> None:
     """Fresh planner statistics, as autovacuum would give a long-running server."""
     async with connected(url) as connection:
         await connection.execute("VACUUM ANALYZE")
+
+
+async def settle(url: str) -> None:
+    """What the scenario before left to do in the background, done now: its dead rows vacuumed,
+    its statistics analyzed and its dirty pages written out by a checkpoint. Otherwise autovacuum
+    and a checkpoint spread over minutes run under whichever contender the next scenario measures
+    at the time (as pgbench vacuums before each run)."""
+    await analyze(url)
+    async with connected(url) as connection:
+        await connection.execute("CHECKPOINT")
 
 
 @asynccontextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import report
 from bench.core import FULL, SCENARIOS, SMOKE, Context, Measurement
-from bench.database import scratch_database, seed
+from bench.database import scratch_database, seed, settle
 from bench.profile import Profile, require_py_spy
 from bench.scenarios import bulk, events, http_reads, isolation, query_layer, replicas, stats, write_floor, writes
 from bench.servers import SERVICE_SETTINGS
@@ -55,7 +55,9 @@ def run_scenarios(
     measurements: list[Measurement] = []
     profiles: dict[str, Profile] = {}
     for name in names:
-        say(f"scenario {name}")
+        started = time.monotonic()
+        asyncio.run(settle(ctx.database_url))
+        say(f"scenario {name} (the database settled in {time.monotonic() - started:.0f} s)")
         started = time.monotonic()
         if name == "query-layer":
             measurements += asyncio.run(query_layer.run(ctx))
@@ -100,6 +102,8 @@ def introduction(ctx: Context, seeded_in: float, took: float, smoke: bool) -> li
         f"- Each load run lasts {s.seconds:g} s; contenders take turns, {s.rounds} round(s); rates pool the rounds"
         " (write-floor and the events' outbox: the median round's rate), p50 is the median round's, p99 the"
         " worst round's. Absolute numbers are noisy here; read the ratios.",
+        "- Before each scenario the database is settled: `VACUUM ANALYZE`, then `CHECKPOINT`, so no vacuum or"
+        " checkpoint left by the scenario before runs under the next one's contenders.",
         "- Load runs on the same machine as the servers and PostgreSQL: wrk (2 threads) for reads and for the"
         " commands measured against the write floor, `bench/load.py` (httpx, one connection per client) for the"
         " other commands.",

@@ -36,12 +36,17 @@ class Server:
         return self.process.pid
 
     def cpu_seconds(self) -> float:
-        """User and system CPU the process has used so far (``/proc/<pid>/stat``): with one worker,
-        the server's whole work, its threads included."""
-        # The fields after the command's closing parenthesis start at the third, the state; utime
-        # and stime are the 14th and 15th.
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User and system CPU the process has used so far: with one worker, the server's whole
+        work, its threads included."""
+        return process_cpu_seconds(self.pid)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU process ``pid`` has used so far (``/proc/<pid>/stat``)."""
+    # The fields after the command's closing parenthesis start at the third, the state; utime and
+    # stime are the 14th and 15th.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def service_command(port: int, workers: int, role: str = "all", module: str = "service") -> list[str]:

@@ -3,7 +3,7 @@ order and pay from ``CLIENTS`` wrk clients, sent to the service (one worker, its
 without and with an ``Idempotency-Key``, and to the floor, taking turns round after round. Each
 server's rate is its median round's 2xx per second; beside it, the CPU its process spent per
 command answered (user + system, from ``/proc``), which the load generator's share of the machine
-does not blur.
+does not blur, and the CPU PostgreSQL spent meanwhile (all its processes), per command answered.
 
 Every order placed takes 1-3 random products of the seeded data, one unit each, for a random
 customer; every pay pays a pending order of its own, imported before the run. After each run: the
@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.contenders import CONTENDERS
 from bench.core import SMOKE, Context, Measurement
-from bench.database import demo_ids, pending_orders_of_today
+from bench.database import DatabaseCpu, demo_ids, pending_orders_of_today
 from bench.scenarios.writes import InvariantBroken, check_stock, snapshot
 from bench.servers import Server, serve_contender, serve_service
 from bench.wrk import CommandLoad, WrkResult, wrk_commands
@@ -44,6 +44,7 @@ PAYS_PER_SECOND = 4_000
 class Run:
     result: WrkResult
     cpu_seconds: float  # the server process's, during the run
+    database_cpu_seconds: float  # PostgreSQL's, all its processes, during the run
 
 
 Contender = tuple[str, Server, bool]  # name, server, keyed
@@ -95,9 +96,9 @@ def paid(ctx: Context, server: Server, keyed: bool, seconds: float) -> Run:
 
 
 def timed(server: Server, load: CommandLoad, seconds: float, database_url: str) -> Run:
-    started = server.cpu_seconds()
+    started, database = server.cpu_seconds(), DatabaseCpu.now(database_url)
     result = wrk_commands(server.url, load, seconds, CLIENTS)
-    found = Run(result, server.cpu_seconds() - started)
+    found = Run(result, server.cpu_seconds() - started, DatabaseCpu.now(database_url).since(database))
     asyncio.run(settled(database_url))
     return found
 
@@ -127,11 +128,13 @@ async def settled(url: str) -> None:
 
 
 def summary(case: str, contender: str, runs: list[Run]) -> Measurement:
-    """The median round's rate and p50, the worst round's p99, and the server's CPU per 2xx."""
+    """The median round's rate and p50, the worst round's p99, and the server's and the database's
+    CPU per 2xx."""
     rates = sorted(r.result.requests / r.result.seconds for r in runs)
     p50s = sorted(r.result.p50_ms for r in runs)
     answered = sum(r.result.requests for r in runs)
     cpu = sum(r.cpu_seconds for r in runs)
+    database_cpu = sum(r.database_cpu_seconds for r in runs)
     return Measurement(
         scenario=SCENARIO,
         case=case,
@@ -143,6 +146,7 @@ def summary(case: str, contender: str, runs: list[Run]) -> Measurement:
         errors=sum(r.result.errors for r in runs),
         extra={
             "cpu_ms_per_command": cpu / answered * 1000 if answered else 0.0,
+            "database_cpu_ms_per_command": database_cpu / answered * 1000 if answered else 0.0,
             "slowest_round": rates[0],
             "fastest_round": rates[-1],
         },
