@@ -28,7 +28,7 @@ from writes import events, readmodels
 from writes.events import NewEvent
 from writes.handlers.orders import Described, line_view_of
 from writes.models import Customer, Order, OrderItem, Product
-from writes.ondriver import driver_connection, observe_slow, wrapped_like_sqlalchemy
+from writes.ondriver import OnDriver, driver_connection, observe_slow, wrapped_like_sqlalchemy
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,15 @@ ORDER_COLUMNS = ("id", "customer_id", "status", "item_count", "total_cents", "to
 ITEM_COLUMNS = ("order_id", "line_no", "product_id", "quantity", "unit_price_cents")
 
 
+# The write sessions plan each statement once (``shared.roles``), which suits a command's key
+# lookups. An import's statements read as many rows as it carries, and their best plans depend on
+# that (one order or a hundred thousand, hashed or looked up), so its transaction plans each one
+# for its values.
+CUSTOM_PLANS = OnDriver(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
 async def import_orders(command: OrderImport, session: AsyncSession) -> ImportResult:
+    await CUSTOM_PLANS.fetch(session, {})
     customers, products = await _require_known_ids(session, command)
     order_ids: list[int] = list(await session.scalar(RESERVE_ORDER_IDS, {"n": len(command.orders)}))
     driver = await driver_connection(session)

@@ -1,0 +1,72 @@
+"""How the write side's statements are planned (``shared.roles``, ``writes.handlers.imports``): a
+command's once a connection, whatever values it is given; an import's for its own values. Seen in
+``pg_prepared_statements`` of the write pool's one connection, which counts each statement's
+generic and custom plans."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.applications import Starlette
+
+from service.app import create_app
+from shared.config import Settings
+from tests.reads.factories import Shop
+from tests.support import running_client
+from tests.test_read_models import import_orders
+from tests.writes.support import line
+
+PLANS = text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+PLACES = 8  # past the five custom plans PostgreSQL makes before it may settle on a generic one
+
+
+@pytest.fixture
+def app(settings: Settings) -> Starlette:
+    # One write connection: every command's statements are prepared, and counted, on it.
+    return create_app(msgspec.structs.replace(settings, write_pool_size=1, write_pool_max_overflow=0))
+
+
+@pytest.fixture
+async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_client(app) as http:
+        yield http
+
+
+async def plans(app: Starlette, containing: str) -> tuple[int, int]:
+    """(generic, custom) plans of the one prepared statement on the write connection whose text
+    contains ``containing``."""
+
+    async def prepared(session: AsyncSession) -> list[Any]:
+        return list((await session.execute(PLANS)).all())
+
+    found = [row for row in await app.state.resources.pools["writes"].run(prepared) if containing in row.statement]
+    assert len(found) == 1, [row.statement[:80] for row in found]
+    return found[0].generic_plans, found[0].custom_plans
+
+
+async def test_a_commands_statement_is_planned_once_whatever_its_values(app: Starlette, shop: Shop) -> None:
+    customer = (await shop.customer())["id"]
+    products = [(await shop.product())["id"] for _ in range(3)]
+    for n in range(PLACES):
+        await shop.order(customer, [(product, 1) for product in products[: 1 + n % 3]])
+
+    # The stock statement (its arrays of one to three products): left to choose, PostgreSQL planned
+    # it anew on every call, a custom plan looking cheaper than the generic one.
+    assert await plans(app, "FOR NO KEY UPDATE") == (PLACES, 0)
+
+
+async def test_an_imports_statements_are_planned_for_its_values(
+    app: Starlette, client: httpx.AsyncClient, shop: Shop
+) -> None:
+    customer = (await shop.customer())["id"]
+    product = (await shop.product(price_cents=250))["id"]
+    await import_orders(client, [line(customer, (product, 2, 250)) for _ in range(3)])
+
+    # The read models' statement, sent with the events' append: planned for the import's orders.
+    assert await plans(app, "INSERT INTO customer_totals") == (0, 1)
