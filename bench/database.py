@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import writes.seed
 from bench.servers import process_cpu_seconds
@@ -23,7 +22,7 @@ from service import embedded
 from service.schema import upgrade_to_head
 from shared.config import Settings
 from shared.dto import ImportedLine, ImportedOrder
-from testkit.database import connected
+from testkit.database import connected, socket_dir
 from writes import events
 from writes.db import WritePool
 from writes.handlers import OrderImport, import_orders
@@ -66,8 +65,11 @@ class DatabaseCpu:
 
     @classmethod
     def now(cls, url: str) -> DatabaseCpu:
-        # The embedded server listens on a socket in its data directory, the URL's ``host``.
-        data_dir = Path(parse_qs(urlsplit(url).query)["host"][0])
+        # The embedded server listens on a socket in its data directory.
+        directory = socket_dir(url)
+        if directory is None:
+            raise ValueError(f"not the benchmark's embedded server (no socket directory): {url}")
+        data_dir = Path(directory)
         postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
         children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
         seconds = {}

