@@ -40,8 +40,8 @@ def one_stripe(settings: Settings) -> Settings:
     """Every sale of a day on one row of sales_daily: the hot row at its fullest. An import of 100 000
     items may take seconds while the suite's standby replays them: these tests are about sums, so
     the statement timeout is a minute, far past any of them, and a statement that runs away fails
-    the test instead of hanging the suite (one full run of 2026-12-04 saw an import's read-model
-    statement spin for minutes; five others and the file alone passed in seconds)."""
+    the test instead of hanging the suite (as an import's read-model statement did when it was still
+    joined to the rows just copied in: ``tests/writes/test_plans.py``)."""
     return msgspec.structs.replace(settings, read_model_stripes=1, write_statement_timeout_ms=60_000)
 
 

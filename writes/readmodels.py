@@ -2,14 +2,15 @@
 
 ``sales_daily``, ``product_sales`` and ``customer_totals`` (``writes.models``) hold what the
 stats and the customer detail used to sum from orders on every read. A command that changes what
-they count calls ``record`` with the orders it changed (placing one calls ``record_placed``), after
-its own statements and as its last one, so a query right after the command sees its effect, and a
-command that fails changes nothing.
+they count calls ``record`` with the order it changed (placing one calls ``record_placed``, an
+import ``record_imported``), after its own statements and as its last one, so a query right after
+the command sees its effect, and a command that fails changes nothing.
 
 Every change is an increment (``INSERT ... ON CONFLICT DO UPDATE SET x = x + EXCLUDED.x``): no value
 is read and written back, so concurrent commands add up instead of overwriting each other. The
-increments are summed in SQL from the rows the command wrote, so an import of 100 000 orders is
-one set-based statement and a pay is the same statement for one order. Money and units are summed
+increments are summed in SQL, a pay's from the order's rows and an import's from the records it
+copied in, by one statement (``_recording``) whatever the count: an import of 100 000 orders is one
+set-based statement, as a pay is for its one order. Money and units are summed
 and kept in ``numeric`` (migration ``0005``): valid orders add up past bigint, and no command may
 fail because of what other clients sold.
 
@@ -27,10 +28,11 @@ by (``reads.queries.stats``). It is striped the same way, by connection.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import BigInteger, Boolean, Integer, bindparam, text
+from sqlalchemy import BigInteger, DateTime, Integer, Text, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,32 +42,33 @@ from writes.ondriver import OnDriver
 
 
 class Change(NamedTuple):
-    """What a command did to the orders it names."""
+    """What a command did to the one order it names."""
 
-    placed: int  # added to each order's customer's order count
-    sold: int  # +1 adds the orders' sales (units, revenue, lifetime value), -1 takes them back
-    sold_only_if_paid: bool  # only the orders now paid or shipped count as sold (an import's mix)
+    placed: int  # added to the order's customer's order count
+    sold: int  # +1 adds the order's sales (units, revenue, lifetime value), -1 takes them back
 
 
-PAID = Change(placed=0, sold=1, sold_only_if_paid=False)
-REFUNDED = Change(placed=0, sold=-1, sold_only_if_paid=False)  # a paid order cancelled
-IMPORTED = Change(placed=1, sold=1, sold_only_if_paid=True)
+PAID = Change(placed=0, sold=1)
+REFUNDED = Change(placed=0, sold=-1)  # a paid order cancelled
 
 # Statuses and days are the stats' own: paid and shipped orders, by the UTC day of created_at.
+SOLD = "status IN ('paid', 'shipped')"
+DAY = "(created_at AT TIME ZONE 'UTC')::date"
+
 # The product sales are summed per day and product first, then rolled up to each longer block from
 # the length below (``shared.salesblocks.rolled_up``): for an import of 50 000 orders over 90 days
 # that sums about 150 000 rows in all, where expanding each item into its 9 blocks sorted 840 000.
 _LONGER_BLOCKS, _ALL_BLOCKS = rolled_up("day_sales")
 
-# Three inserts are unreferenced data-modifying CTEs and the fourth is the main statement: one round trip.
-RECORD = OnDriver(
-    text(f"""
-    WITH changed AS (
-        SELECT id, customer_id, total_cents, (created_at AT TIME ZONE 'UTC')::date AS day,
-               :sold <> 0 AND (NOT :sold_only_if_paid OR status IN ('paid', 'shipped')) AS sold
-          FROM orders
-         WHERE id BETWEEN :first AND :last AND id = ANY(:ids)
-    ),
+
+def _recording(changed: str, day_sales: str) -> str:
+    """The statement that adds a change to every read model, from two queries: ``changed``, the
+    changed orders' ``(customer_id, total_cents, day, sold)``, and ``day_sales``, their sold items'
+    one-day sums ``(first_day, product_id, units, revenue_cents)``. ``:sold`` (+1 or -1) is the
+    sales' sign and ``:placed`` what each order adds to its customer's count. Three inserts are
+    unreferenced data-modifying CTEs and the fourth is the main statement: one round trip."""
+    return f"""
+    WITH changed AS ({changed}),
     sales AS (
         INSERT INTO sales_daily AS t (day, stripe, orders, revenue_cents)
         SELECT day, pg_backend_pid() % :stripes, :sold * count(*), :sold * sum(total_cents)
@@ -76,16 +79,7 @@ RECORD = OnDriver(
         ON CONFLICT (day, stripe) DO UPDATE
            SET orders = t.orders + EXCLUDED.orders, revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents
     ),
-    day_sales AS (
-        SELECT c.day AS first_day, i.product_id,
-               sum(i.quantity) AS units, sum(i.quantity::bigint * i.unit_price_cents) AS revenue_cents
-          FROM changed c
-          -- The range walks the new items' slice of the key: an import's ids are drawn together,
-          -- and without it the planner hashes every item of every order to find them.
-          JOIN order_items i ON i.order_id = c.id AND i.order_id BETWEEN :first AND :last
-         WHERE c.sold
-         GROUP BY c.day, i.product_id
-    ),
+    day_sales AS ({day_sales}),
     {_LONGER_BLOCKS},
     product_sales AS (
         INSERT INTO product_sales AS t (days, first_day, product_id, units, revenue_cents)
@@ -109,13 +103,67 @@ RECORD = OnDriver(
     ON CONFLICT (customer_id) DO UPDATE
        SET order_count = t.order_count + EXCLUDED.order_count,
            lifetime_value_cents = t.lifetime_value_cents + EXCLUDED.lifetime_value_cents
-""").bindparams(  # noqa: S608 - composed of constants only; every value is a bound parameter
-        bindparam("ids", type_=ARRAY(BigInteger)),
-        bindparam("first", type_=BigInteger),
-        bindparam("last", type_=BigInteger),
+"""  # noqa: S608 - composed of constants only; every value is a bound parameter
+
+
+# A paid order, or a paid one cancelled: summed from its rows, which the command wrote or locked.
+RECORD = OnDriver(
+    text(
+        _recording(
+            changed=f"""
+        SELECT customer_id, total_cents, {DAY} AS day, true AS sold FROM orders WHERE id = :order_id
+    """,  # noqa: S608 - constants only
+            day_sales="""
+        SELECT c.day AS first_day, i.product_id,
+               sum(i.quantity) AS units, sum(i.quantity::bigint * i.unit_price_cents) AS revenue_cents
+          FROM changed c, order_items i
+         WHERE i.order_id = :order_id
+         GROUP BY c.day, i.product_id
+    """,
+        )
+    ).bindparams(
+        bindparam("order_id", type_=BigInteger),
         bindparam("placed", type_=Integer),
         bindparam("sold", type_=Integer),
-        bindparam("sold_only_if_paid", type_=Boolean),
+        bindparam("stripes", type_=Integer),
+    )
+)
+
+# An import, summed from the records it copied in, as arrays: an order's for each order and an
+# item's, with its order's status and instant, for each item. Not from the rows: the planner knows
+# nothing of rows loaded in the same transaction (their statistics are another table's, or none),
+# and with a join to them picked, on a guess of a handful of rows, a nested loop over 100 000
+# orders that ran for minutes (a CI run of 2026-12-04); over arrays it knows each one's length,
+# and there is nothing to join.
+RECORD_IMPORTED = OnDriver(
+    text(
+        _recording(
+            changed=f"""
+        SELECT customer_id, total_cents, {DAY} AS day, {SOLD} AS sold
+          FROM unnest(:customer_ids, :statuses, :totals, :created_ats)
+               AS o (customer_id, status, total_cents, created_at)
+    """,  # noqa: S608 - constants only
+            day_sales=f"""
+        SELECT {DAY} AS first_day, product_id,
+               sum(quantity) AS units, sum(quantity::bigint * unit_price_cents) AS revenue_cents
+          FROM unnest(:item_statuses, :item_created_ats, :product_ids, :quantities, :unit_prices)
+               AS i (status, created_at, product_id, quantity, unit_price_cents)
+         WHERE {SOLD}
+         GROUP BY 1, product_id
+    """,  # noqa: S608 - constants only
+        )
+    ).bindparams(
+        bindparam("customer_ids", type_=ARRAY(BigInteger)),
+        bindparam("statuses", type_=ARRAY(Text)),
+        bindparam("totals", type_=ARRAY(BigInteger)),
+        bindparam("created_ats", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("item_statuses", type_=ARRAY(Text)),
+        bindparam("item_created_ats", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("product_ids", type_=ARRAY(BigInteger)),
+        bindparam("quantities", type_=ARRAY(Integer)),
+        bindparam("unit_prices", type_=ARRAY(BigInteger)),
+        bindparam("placed", type_=Integer),
+        bindparam("sold", type_=Integer),
         bindparam("stripes", type_=Integer),
     )
 )
@@ -137,17 +185,56 @@ async def record_placed(session: AsyncSession, customer_id: int) -> None:
     await COUNT_PLACED.defer(session, {"customer_id": customer_id})
 
 
-async def record(session: AsyncSession, change: Change, order_ids: Collection[int]) -> None:
-    """Add what ``change`` did to ``order_ids`` (rows this transaction already wrote) to the read models."""
+async def record(session: AsyncSession, change: Change, order_id: int) -> None:
+    """Add what ``change`` did to the order ``order_id`` (a row this transaction wrote) to the read models."""
     await RECORD.defer(
         session,
         {
-            "ids": list(order_ids),
-            "first": min(order_ids),
-            "last": max(order_ids),
+            "order_id": order_id,
             "placed": change.placed,
             "sold": change.sold,
-            "sold_only_if_paid": change.sold_only_if_paid,
+            "stripes": session.info[SETTINGS].read_model_stripes,
+        },
+    )
+
+
+class ImportedItem(NamedTuple):
+    """An item as an import copies it in, with its order's status and instant."""
+
+    status: str
+    created_at: datetime
+    product_id: int
+    quantity: int
+    unit_price_cents: int
+
+
+class ImportedOrders(NamedTuple):
+    """The orders an import copies in (``customer_id, status, total_cents, created_at``) and their items."""
+
+    orders: Sequence[tuple[int, str, int, datetime]]
+    items: Sequence[ImportedItem]
+
+
+async def record_imported(session: AsyncSession, imported: ImportedOrders) -> None:
+    """Add imported orders, placed (each counts for its customer) and, the paid and shipped ones, sold."""
+    customer_ids, statuses, totals, created_ats = (list(column) for column in zip(*imported.orders, strict=True))
+    item_statuses, item_created_ats, product_ids, quantities, unit_prices = (
+        list(column) for column in zip(*imported.items, strict=True)
+    )
+    await RECORD_IMPORTED.defer(
+        session,
+        {
+            "customer_ids": customer_ids,
+            "statuses": statuses,
+            "totals": totals,
+            "created_ats": created_ats,
+            "item_statuses": item_statuses,
+            "item_created_ats": item_created_ats,
+            "product_ids": product_ids,
+            "quantities": quantities,
+            "unit_prices": unit_prices,
+            "placed": 1,
+            "sold": 1,
             "stripes": session.info[SETTINGS].read_model_stripes,
         },
     )

@@ -211,15 +211,7 @@ async def pay(connection: asyncpg.Connection, order_id: int, stripes: int) -> No
             raise Refused(404, f"order {order_id} not found")
         raise Refused(409, f"order {order_id} is not pending; pay needs pending")
     change = readmodels.PAID
-    values = {
-        "ids": [order_id],
-        "first": order_id,
-        "last": order_id,
-        "placed": change.placed,
-        "sold": change.sold,
-        "sold_only_if_paid": change.sold_only_if_paid,
-        "stripes": stripes,
-    }
+    values = {"order_id": order_id, "placed": change.placed, "sold": change.sold, "stripes": stripes}
     await connection.execute(RECORD, *(values[name] for name in RECORD_PARAMETERS))
 
 

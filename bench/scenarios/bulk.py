@@ -26,7 +26,7 @@ from testkit.database import connected
 from writes import events
 from writes.db import WritePool
 from writes.handlers import OrderImport, import_orders
-from writes.handlers.imports import ITEM_COLUMNS, ORDER_COLUMNS, item_records, order_records
+from writes.handlers.imports import ITEM_COLUMNS, ORDER_COLUMNS, item_records, order_records, total_cents
 from writes.models import Order, OrderItem
 from writes.seed import demo_order
 
@@ -129,6 +129,7 @@ RESERVE_IDS = "SELECT array_agg(nextval(pg_get_serial_sequence('orders', 'id')))
 async def via_bare_copy(url: str, orders: list[ImportedOrder]) -> object:
     async with connected(url) as connection, connection.transaction():
         ids = await connection.fetchval(RESERVE_IDS, len(orders))
-        await connection.copy_records_to_table("orders", records=order_records(ids, orders), columns=ORDER_COLUMNS)
+        records = order_records(ids, orders, [total_cents(order) for order in orders])
+        await connection.copy_records_to_table("orders", records=records, columns=ORDER_COLUMNS)
         await connection.copy_records_to_table("order_items", records=item_records(ids, orders), columns=ITEM_COLUMNS)
     return None

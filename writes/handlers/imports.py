@@ -63,10 +63,11 @@ async def import_orders(command: OrderImport, session: AsyncSession) -> ImportRe
     await CUSTOM_PLANS.fetch(session, {})
     customers, products = await _require_known_ids(session, command)
     order_ids: list[int] = list(await session.scalar(RESERVE_ORDER_IDS, {"n": len(command.orders)}))
+    totals = [total_cents(order) for order in command.orders]
     driver = await driver_connection(session)
-    await copy(session, driver, Order.__tablename__, order_records(order_ids, command.orders), ORDER_COLUMNS)
+    await copy(session, driver, Order.__tablename__, order_records(order_ids, command.orders, totals), ORDER_COLUMNS)
     await copy(session, driver, OrderItem.__tablename__, item_records(order_ids, command.orders), ITEM_COLUMNS)
-    await readmodels.record(session, readmodels.IMPORTED, order_ids)
+    await readmodels.record_imported(session, imported_sales(command.orders, totals))
     await events.append(session, list(imported_events(order_ids, command.orders, customers, products)))
     return ImportResult(imported=len(order_ids))
 
@@ -110,10 +111,13 @@ def imported_events(
         yield NewEvent("order.imported", order_id, ENCODER.encode(view).decode())
 
 
-def order_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterator[tuple[object, ...]]:
-    for order_id, order in zip(order_ids, orders, strict=True):
+def total_cents(order: ImportedOrder) -> int:
+    return sum(item.quantity * item.unit_price_cents for item in order.items)
+
+
+def order_records(order_ids: list[int], orders: list[ImportedOrder], totals: list[int]) -> Iterator[tuple[object, ...]]:
+    for order_id, order, total in zip(order_ids, orders, totals, strict=True):
         item_count = sum(item.quantity for item in order.items)
-        total_cents = sum(item.quantity * item.unit_price_cents for item in order.items)
         # The validated instant, aware and within the storable range, goes in as it is; the
         # driver sends it in UTC exactly as the ORM's INSERT did.
         yield (
@@ -121,11 +125,29 @@ def order_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterator
             order.customer_id,
             order.status,
             item_count,
-            total_cents,
+            total,
             False,
             order.created_at,
             order.created_at,
         )
+
+
+def imported_sales(orders: list[ImportedOrder], totals: list[int]) -> readmodels.ImportedOrders:
+    """What the read models add up of ``orders``: the values ``order_records`` and ``item_records``
+    copy in."""
+    return readmodels.ImportedOrders(
+        orders=[
+            (order.customer_id, order.status, total, order.created_at)
+            for order, total in zip(orders, totals, strict=True)
+        ],
+        items=[
+            readmodels.ImportedItem(
+                order.status, order.created_at, item.product_id, item.quantity, item.unit_price_cents
+            )
+            for order in orders
+            for item in order.items
+        ],
+    )
 
 
 def item_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterator[tuple[int, ...]]:

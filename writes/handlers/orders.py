@@ -83,7 +83,7 @@ async def place_order(command: PlaceOrder, session: AsyncSession) -> OrderView:
 
 async def pay_order(order_id: int, if_match: IfMatch, session: AsyncSession) -> OrderView:
     changed = await change_status(session, order_id, if_match, PAY)
-    await readmodels.record(session, readmodels.PAID, [order_id])
+    await readmodels.record(session, readmodels.PAID, order_id)
     return changed.view
 
 
@@ -97,7 +97,7 @@ async def cancel_order(order_id: int, if_match: IfMatch, session: AsyncSession) 
     if changed.took_stock:  # an imported order never took any: returning it would mint stock
         await return_stock(session, {item.product_id: item.quantity for item in changed.view.items})
     if changed.was == "paid":
-        await readmodels.record(session, readmodels.REFUNDED, [order_id])
+        await readmodels.record(session, readmodels.REFUNDED, order_id)
     return changed.view
 
 
