@@ -29,13 +29,13 @@ by (``reads.queries.stats``). It is striped the same way, by connection.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import BigInteger, DateTime, Integer, Text, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.dto import ImportedOrder
 from shared.salesblocks import rolled_up
 from writes.db import SETTINGS
 from writes.ondriver import OnDriver
@@ -198,41 +198,24 @@ async def record(session: AsyncSession, change: Change, order_id: int) -> None:
     )
 
 
-class ImportedItem(NamedTuple):
-    """An item as an import copies it in, with its order's status and instant."""
-
-    status: str
-    created_at: datetime
-    product_id: int
-    quantity: int
-    unit_price_cents: int
-
-
-class ImportedOrders(NamedTuple):
-    """The orders an import copies in (``customer_id, status, total_cents, created_at``) and their items."""
-
-    orders: Sequence[tuple[int, str, int, datetime]]
-    items: Sequence[ImportedItem]
-
-
-async def record_imported(session: AsyncSession, imported: ImportedOrders) -> None:
-    """Add imported orders, placed (each counts for its customer) and, the paid and shipped ones, sold."""
-    customer_ids, statuses, totals, created_ats = (list(column) for column in zip(*imported.orders, strict=True))
-    item_statuses, item_created_ats, product_ids, quantities, unit_prices = (
-        list(column) for column in zip(*imported.items, strict=True)
-    )
+async def record_imported(session: AsyncSession, orders: Sequence[ImportedOrder], totals: Sequence[int]) -> None:
+    """Add imported ``orders`` (``totals``: each one's total, as copied in), placed (each counts for
+    its customer) and, the paid and shipped ones, sold. Each array is built in one pass: per order,
+    and per item with its order's status and instant."""
+    item_orders = [order for order in orders for _ in order.items]
+    items = [item for order in orders for item in order.items]
     await RECORD_IMPORTED.defer(
         session,
         {
-            "customer_ids": customer_ids,
-            "statuses": statuses,
-            "totals": totals,
-            "created_ats": created_ats,
-            "item_statuses": item_statuses,
-            "item_created_ats": item_created_ats,
-            "product_ids": product_ids,
-            "quantities": quantities,
-            "unit_prices": unit_prices,
+            "customer_ids": [order.customer_id for order in orders],
+            "statuses": [order.status for order in orders],
+            "totals": list(totals),
+            "created_ats": [order.created_at for order in orders],
+            "item_statuses": [order.status for order in item_orders],
+            "item_created_ats": [order.created_at for order in item_orders],
+            "product_ids": [item.product_id for item in items],
+            "quantities": [item.quantity for item in items],
+            "unit_prices": [item.unit_price_cents for item in items],
             "placed": 1,
             "sold": 1,
             "stripes": session.info[SETTINGS].read_model_stripes,

@@ -28,7 +28,7 @@ from writes import events, readmodels
 from writes.events import NewEvent
 from writes.handlers.orders import Described, line_view_of
 from writes.models import Customer, Order, OrderItem, Product
-from writes.ondriver import OnDriver, driver_connection, observe_slow, wrapped_like_sqlalchemy
+from writes.ondriver import driver_connection, observe_slow, wrapped_like_sqlalchemy
 
 
 @dataclass(frozen=True)
@@ -52,22 +52,14 @@ ORDER_COLUMNS = ("id", "customer_id", "status", "item_count", "total_cents", "to
 ITEM_COLUMNS = ("order_id", "line_no", "product_id", "quantity", "unit_price_cents")
 
 
-# The write sessions plan each statement once (``shared.roles``), which suits a command's key
-# lookups. An import's statements read as many rows as it carries, and their best plans depend on
-# that (one order or a hundred thousand, hashed or looked up), so its transaction plans each one
-# for its values.
-CUSTOM_PLANS = OnDriver(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-
-
 async def import_orders(command: OrderImport, session: AsyncSession) -> ImportResult:
-    await CUSTOM_PLANS.fetch(session, {})
     customers, products = await _require_known_ids(session, command)
     order_ids: list[int] = list(await session.scalar(RESERVE_ORDER_IDS, {"n": len(command.orders)}))
     totals = [total_cents(order) for order in command.orders]
     driver = await driver_connection(session)
     await copy(session, driver, Order.__tablename__, order_records(order_ids, command.orders, totals), ORDER_COLUMNS)
     await copy(session, driver, OrderItem.__tablename__, item_records(order_ids, command.orders), ITEM_COLUMNS)
-    await readmodels.record_imported(session, imported_sales(command.orders, totals))
+    await readmodels.record_imported(session, command.orders, totals)
     await events.append(session, list(imported_events(order_ids, command.orders, customers, products)))
     return ImportResult(imported=len(order_ids))
 
@@ -130,24 +122,6 @@ def order_records(order_ids: list[int], orders: list[ImportedOrder], totals: lis
             order.created_at,
             order.created_at,
         )
-
-
-def imported_sales(orders: list[ImportedOrder], totals: list[int]) -> readmodels.ImportedOrders:
-    """What the read models add up of ``orders``: the values ``order_records`` and ``item_records``
-    copy in."""
-    return readmodels.ImportedOrders(
-        orders=[
-            (order.customer_id, order.status, total, order.created_at)
-            for order, total in zip(orders, totals, strict=True)
-        ],
-        items=[
-            readmodels.ImportedItem(
-                order.status, order.created_at, item.product_id, item.quantity, item.unit_price_cents
-            )
-            for order in orders
-            for item in order.items
-        ],
-    )
 
 
 def item_records(order_ids: list[int], orders: list[ImportedOrder]) -> Iterator[tuple[int, ...]]:
