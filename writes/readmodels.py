@@ -133,8 +133,9 @@ RECORD = OnDriver(
 # item's, with its order's status and instant, for each item. Not from the rows: the planner knows
 # nothing of rows loaded in the same transaction (their statistics are another table's, or none),
 # and with a join to them picked, on a guess of a handful of rows, a nested loop over 100 000
-# orders that ran for minutes (a CI run of 2026-12-04); over arrays it knows each one's length,
-# and there is nothing to join.
+# orders that ran for minutes (a CI run of 2026-12-04). Over arrays there is nothing to join: no
+# plan of this statement depends on how many orders there are, so one generic plan serves an import
+# of one order or of 100 000 (``writes.handlers.imports``).
 RECORD_IMPORTED = OnDriver(
     text(
         _recording(
