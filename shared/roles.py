@@ -103,8 +103,8 @@ def write_session(settings: Settings) -> SideSession:
             # Left to choose, PostgreSQL planned a place's stock statement anew on every call (a
             # custom plan for an array of one to three products looks cheaper than the generic
             # one): 316 µs of the database's CPU a place, about a quarter of it (README, issue 20,
-            # round 7). An import, whose best plans depend on how many orders it carries, asks for
-            # custom plans in its own transaction (``writes.handlers.imports``).
+            # round 7). An import's statements take it too: none has a plan that depends on how
+            # many orders it carries (``writes.readmodels.RECORD_IMPORTED``).
             "plan_cache_mode": "force_generic_plan",
         },
     )

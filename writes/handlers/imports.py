@@ -60,7 +60,7 @@ async def import_orders(command: OrderImport, session: AsyncSession) -> ImportRe
     await copy(session, driver, Order.__tablename__, order_records(order_ids, command.orders, totals), ORDER_COLUMNS)
     await copy(session, driver, OrderItem.__tablename__, item_records(order_ids, command.orders), ITEM_COLUMNS)
     await readmodels.record_imported(session, command.orders, totals)
-    await events.append(session, list(imported_events(order_ids, command.orders, customers, products)))
+    await events.append(session, list(imported_events(order_ids, command.orders, totals, customers, products)))
     return ImportResult(imported=len(order_ids))
 
 
@@ -81,12 +81,14 @@ async def copy(
 def imported_events(
     order_ids: list[int],
     orders: list[ImportedOrder],
+    totals: list[int],
     customers: Mapping[int, OrderCustomer],
     products: Mapping[int, Described],
 ) -> Iterator[NewEvent]:
     """An ``order.imported`` event per order, whose data is the order's view as the query side
-    shows it: the rows as ``order_records`` and ``item_records`` write them, in UTC."""
-    for order_id, order in zip(order_ids, orders, strict=True):
+    shows it: the rows as ``order_records`` and ``item_records`` write them (``totals``, each
+    order's, as copied in), in UTC."""
+    for order_id, order, total in zip(order_ids, orders, totals, strict=True):
         items = [line_view_of(item, products[item.product_id]) for item in order.items]
         created_at = order.created_at.astimezone(UTC)
         view = OrderView(
@@ -95,7 +97,7 @@ def imported_events(
             status=order.status,
             items=items,
             item_count=sum(item.quantity for item in items),
-            total_cents=sum(item.line_total_cents for item in items),
+            total_cents=total,
             version=1,
             created_at=created_at,
             updated_at=created_at,
