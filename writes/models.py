@@ -244,16 +244,18 @@ class CustomerTotals(Base):
 class Event(Base):
     """One event of the feed (``writes.events``): a command's change to one resource, with the
     resource's view after it. ``position`` is NULL until a positioning round gives it, after the
-    command's commit (migration 0008's ``events_position``)."""
+    command's commit (migration 0008's ``events_position``). The position indexes hold positioned
+    events only (migration 0009): an insert writes no entry for its NULL position into them."""
 
     __tablename__ = "events"
     __table_args__ = (
-        Index(None, "type", "position"),
+        Index("uq_events_position", "position", unique=True, postgresql_where=text("position IS NOT NULL")),
+        Index("ix_events_type_position", "type", "position", postgresql_where=text("position IS NOT NULL")),
         Index("ix_events_unpositioned", "id", postgresql_where=text("position IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    position: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    position: Mapped[int | None] = mapped_column(BigInteger)
     type: Mapped[str] = mapped_column(Text, nullable=False)
     subject_type: Mapped[str] = mapped_column(Text, nullable=False)
     subject_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
