@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.schema import alembic_config, current_revision, downgrade_to_base, head_revision, upgrade_to_head
 from shared.config import asyncpg_dsn, sqlalchemy_url
+from testkit.database import connected
 from writes.events import APPEND
 from writes.models import Base
 
@@ -77,11 +78,8 @@ INDEXES = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public
 
 
 async def _indexes(url: str) -> dict[str, str]:
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
+    async with connected(asyncpg_dsn(url)) as connection:
         return {row["indexname"]: row["indexdef"] for row in await connection.fetch(INDEXES)}
-    finally:
-        await connection.close()
 
 
 async def _create_all(url: str) -> None:

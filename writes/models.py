@@ -241,6 +241,9 @@ class CustomerTotals(Base):
     lifetime_value_cents: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
 
 
+POSITIONED = text("position IS NOT NULL")  # the position indexes' predicate (migration 0009)
+
+
 class Event(Base):
     """One event of the feed (``writes.events``): a command's change to one resource, with the
     resource's view after it. ``position`` is NULL until a positioning round gives it, after the
@@ -249,8 +252,8 @@ class Event(Base):
 
     __tablename__ = "events"
     __table_args__ = (
-        Index("uq_events_position", "position", unique=True, postgresql_where=text("position IS NOT NULL")),
-        Index("ix_events_type_position", "type", "position", postgresql_where=text("position IS NOT NULL")),
+        Index("uq_events_position", "position", unique=True, postgresql_where=POSITIONED),
+        Index("ix_events_type_position", "type", "position", postgresql_where=POSITIONED),
         Index("ix_events_unpositioned", "id", postgresql_where=text("position IS NULL")),
     )
 
