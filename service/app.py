@@ -20,6 +20,7 @@ import writes.side
 from service import docs
 from service.compression import COMPRESSION
 from service.cors import cors
+from service.heap import freeze_startup_heap
 from service.logs import RequestLog
 from service.metrics import RequestMetrics, metrics, publishing_sizes
 from service.schema import head_revision
@@ -47,10 +48,14 @@ SIDES_FOR_ROLE: Mapping[ServeRole, tuple[Side, ...]] = {
 }
 
 
-def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES, tracing: Tracing | None = None) -> Starlette:
+def create_app(
+    settings: Settings, sides: Sequence[Side] = ALL_SIDES, tracing: Tracing | None = None, *, freeze_heap: bool = False
+) -> Starlette:
     """The app serving ``sides`` (both by default; one for ``serve --role``): their routes, their
     pools, and readiness over just those pools. The other side's routes answer 404. With
-    ``tracing`` (``service.tracing``), its requests and their statements are traced."""
+    ``tracing`` (``service.tracing``), its requests and their statements are traced. With
+    ``freeze_heap``, for the one app a serving process runs, its start-up ends by setting what it
+    built aside from the garbage collector (``service.heap``)."""
     require_query_access(settings, sides)
     head = head_revision()
 
@@ -69,6 +74,8 @@ def create_app(settings: Settings, sides: Sequence[Side] = ALL_SIDES, tracing: T
             # Requests reach it through shared.sides.resources(request); operations tooling and
             # tests through app.state.resources.
             app.state.resources = resources
+            if freeze_heap:
+                freeze_startup_heap()
             yield {"resources": resources}
 
     @operation("The OpenAPI 3.1 document of every route", tag="operations", responses={200: None})

@@ -16,6 +16,7 @@ import asyncpg
 import click
 import msgspec
 import uvicorn
+from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 
 import writes.seed
@@ -119,8 +120,7 @@ def serve(host: str, port: int, workers: int, role: ServeRole, data_dir: Path | 
         signal.signal(signum, _exit_cleanly)
     options = uvicorn_options(settings)
     if workers == 1:
-        app = create_app(settings, SIDES_FOR_ROLE[role], from_environment(os.environ))
-        serve_in_this_process(app, host=host, port=port, **options)
+        serve_in_this_process(serving_app(settings, role), host=host, port=port, **options)
         return
     # Worker processes build their own app from the environment: hand them what was decided here.
     os.environ["DATABASE_URL"] = settings.write_url
@@ -178,7 +178,12 @@ def app_from_env() -> Any:
     settings = Settings.from_env()
     # Its own tracer provider too (service.tracing), made here in the worker process: the supervisor
     # made none, and one made before the workers started would not bring its export thread along.
-    return create_app(settings, SIDES_FOR_ROLE[settings.orders_api_role], from_environment(os.environ))
+    return serving_app(settings, settings.orders_api_role)
+
+
+def serving_app(settings: Settings, role: ServeRole) -> Starlette:
+    """The app a serving process runs: it freezes the heap its start-up built (service.heap)."""
+    return create_app(settings, SIDES_FOR_ROLE[role], from_environment(os.environ), freeze_heap=True)
 
 
 def require_schema_at_head(settings: Settings) -> None:
