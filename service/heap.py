@@ -9,7 +9,7 @@ promote many (what is alive across an await
 survives two young collections): under write load a full collection ran about every 1.2 s, and
 each stopped the event loop for about 50 ms (25 ms on an idle machine) and collected nothing.
 Every request then in flight waited: on one worker under 200 writers, a read's p99 was those
-50 ms (the README's issue 20, round 10).
+50 ms (the README's issue 20, round 9).
 
 ``gc.freeze()`` moves what exists now to a generation no collection scans; the collector still
 finds cycles among the objects made after it. What is frozen lives as long as the process, with one
