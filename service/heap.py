@@ -5,16 +5,17 @@ has about 90 000 of them once it has imported its modules and built its app (SQL
 Starlette, msgspec's types, the routes, the OpenAPI document), and none of them ever becomes
 garbage. Yet a full collection runs (at every tenth collection of the middle generation) once the
 objects promoted to the oldest generation since the last one pass a quarter of it, and commands
-promote many (what is alive across an await
-survives two young collections): under write load a full collection ran about every 1.2 s, and
-each stopped the event loop for about 50 ms (25 ms on an idle machine) and collected nothing.
-Every request then in flight waited: on one worker under 200 writers, a read's p99 was those
-50 ms (the README's issue 20, round 9).
+promote many: what a command holds across its awaits outlives the young collections meanwhile.
+Under write load a full collection ran about every 1.2 s, and each stopped the event loop for
+about 50 ms (25 ms on an idle machine) and collected nothing. Every request then in flight waited:
+on one worker under 200 writers, a read's p99 was those 50 ms (the README's issue 20, round 9).
 
 ``gc.freeze()`` moves what exists now to a generation no collection scans; the collector still
-finds cycles among the objects made after it. What is frozen lives as long as the process, with one
-exception that costs little: a pooled connection that dies and is replaced keeps its few kilobytes
-if they form a cycle. Every request's objects are made later and collected as before.
+finds cycles among the objects made after it. What is frozen lives as long as the process, with
+one exception that costs little: an object built at start-up and dropped later (a pooled
+connection closed and replaced) is never collected if it is part of a cycle. That is a few
+kilobytes, once: only what existed at start-up is frozen, not what replaces it. Every request's
+objects are made later and collected as before.
 """
 
 from __future__ import annotations
