@@ -14,24 +14,29 @@ sees the command's events, and a consumer ahead of them waits a round, not its w
 
 A client waiting for something new holds no connection: each process reads the head once a period
 (EVENTS_POLL_MS) for all its waiting clients (``HeadWatch``), and a waiting client asks again once
-the head moved past its position. Polling alone, so it works behind PgBouncer and on replicas.
+the head moved past its position. Polling alone, so it works behind PgBouncer and on replicas. The
+clients woken together ask a few at a time (``HeadWatch.rereads``), so one event never turns a
+crowd of idle waiters into a full pool queue and its 503s; and a long-poll whose client has gone
+stops waiting (``unless_gone``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import get_args
+from typing import Annotated, get_args
 from weakref import WeakKeyDictionary
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive
 
 from reads.balancing import Replicas, reader
 from reads.cursor import decode_cursor, encode_cursor
@@ -41,7 +46,7 @@ from reads.queries import instant
 from reads.routes import ALWAYS, NO_STORE, TAG, authorize
 from shared.consistency import HEADER as CONSISTENCY_TOKEN
 from shared.dto import Event, EventPage, EventSubject, EventType, Problem, SubjectType
-from shared.errors import EventsPurged, InvalidInput, ServiceUnavailable
+from shared.errors import ClientClosedRequest, EventsPurged, InvalidInput, ServiceUnavailable
 from shared.http import ENCODER, MsgspecResponse
 from shared.metrics import EVENTS_WAITING
 from shared.openapi import operation
@@ -55,6 +60,9 @@ FEED = "events"
 STREAM_MEDIA_TYPE = "text/event-stream"
 KEEP_ALIVE_SECONDS = 15.0  # the stream sends a comment at least this often
 STREAM_PAGE = 100
+# What a cursor may carry: a position PostgreSQL can bind (bigint), 0 being the feed's beginning. A
+# cursor is sealed, not secret (``reads.cursor``): one forged past these bounds is a 400.
+Position = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 class StoredEvent(msgspec.Struct, frozen=True):
@@ -116,6 +124,9 @@ class Fetched(msgspec.Struct, frozen=True):
     position: int
 
 
+Ask = Callable[[int | None], Awaitable[Fetched]]  # a request's next page after a position
+
+
 async def read_page(
     db: Reader, after: int | None, limit: int, types: list[str] | None, *, settle: bool = False
 ) -> Fetched:
@@ -170,7 +181,7 @@ def _cursor(position: int) -> str:
 
 
 def _position(cursor: str) -> int:
-    return decode_cursor(cursor, int, bound_to=FEED)
+    return decode_cursor(cursor, Position, bound_to=FEED)
 
 
 def _types(given: str | None) -> list[str] | None:
@@ -189,10 +200,17 @@ class HeadWatch:
     One task reads it every ``period`` seconds while anyone waits, and wakes them all when it moves;
     it ends when the last one stops waiting. It reads the primary's read pool: a client then asks
     its own database (a replica, maybe), which may not have replayed so far yet, so a client that
-    finds nothing waits a period before asking again."""
+    finds nothing waits a period before asking again.
 
-    def __init__(self, period: float) -> None:
+    The clients it wakes ask ``rereads`` at a time (``asking``): a hundred idle long-polls woken by
+    one event would otherwise all join the pool's queue in the same instant, past
+    READ_POOL_MAX_WAITING, and be refused (as would any query arriving then). A few at a time, they
+    leave the rest of the pool to the other queries and are answered within milliseconds of each
+    other all the same."""
+
+    def __init__(self, period: float, rereads: int) -> None:
         self.period = period
+        self.rereads = asyncio.Semaphore(rereads)
         self.head: int | None = None
         self._moved = asyncio.Event()
         self._waiting = 0
@@ -213,6 +231,11 @@ class HeadWatch:
                     return
         finally:
             self._waiting -= 1
+
+    async def asking(self, ask: Ask, after: int) -> Fetched:
+        """A woken client's next page (``ask(after)``), once one of the ``rereads`` places is free."""
+        async with self.rereads:
+            return await ask(after)
 
     async def _watch(self, pool: ReadPool) -> None:
         while self._waiting:
@@ -239,7 +262,9 @@ def head_watch(request: Request) -> tuple[HeadWatch, ReadPool]:
     assert isinstance(primary, ReadPool)
     watch = _WATCHES.get(primary)
     if watch is None:
-        watch = _WATCHES[primary] = HeadWatch(resources(request).settings.events_poll_ms / 1000)
+        # Half the primary's connections at most: the other half stays free for every other query.
+        rereads = max(1, primary.gate.capacity // 2)
+        watch = _WATCHES[primary] = HeadWatch(resources(request).settings.events_poll_ms / 1000, rereads)
     return watch, primary
 
 
@@ -275,26 +300,89 @@ async def list_events(request: Request) -> Response:
     # The first page is read before any byte is sent: a bad or purged cursor, an exhausted pool, are
     # still proper problems. It settles: it holds every event committed before the request.
     first = await read_page(await reader(request), after, query.limit, types, settle=True)
-    if STREAM_MEDIA_TYPE in request.headers.get("accept", ""):
+    if wants_stream(request.headers.get("accept")):
         settings = resources(request).settings
         stream = _stream(request, first, ask, settings.events_stream_seconds)
         return StreamingResponse(stream, media_type=STREAM_MEDIA_TYPE, headers={**NO_STORE, "X-Accel-Buffering": "no"})
     page = first
     if not page.events.items and query.wait:
-        deadline = time.monotonic() + query.wait
-        watch, primary = head_watch(request)
-        with waiting("long-poll"):
-            while not page.events.items and (left := deadline - time.monotonic()) > 0:
-                await watch.wait_past(primary, page.position, left)
-                page = await ask(page.position)
-                if not page.events.items:
-                    await asyncio.sleep(min(watch.period, max(0.0, deadline - time.monotonic())))
+        page = await _long_poll(request, page, ask, query.wait)
     return MsgspecResponse(page.events, headers=NO_STORE)
 
 
-async def _stream(
-    request: Request, first: Fetched, ask: Callable[[int | None], Awaitable[Fetched]], seconds: int
-) -> AsyncIterator[bytes]:
+async def _long_poll(request: Request, page: Fetched, ask: Ask, wait: int) -> Fetched:
+    """The first page after ``page`` with an event in it, or an empty one after ``wait`` seconds; a
+    499 (``ClientClosedRequest``) as soon as the client has gone, rather than waiting on for it."""
+    deadline = time.monotonic() + wait
+    watch, primary = head_watch(request)
+    gone = asyncio.ensure_future(_gone(request.receive))
+    try:
+        with waiting("long-poll"):
+            while not page.events.items and (left := deadline - time.monotonic()) > 0:
+                await unless_gone(watch.wait_past(primary, page.position, left), gone)
+                page = await watch.asking(ask, page.position)
+                if not page.events.items:
+                    await unless_gone(asyncio.sleep(min(watch.period, max(0.0, deadline - time.monotonic()))), gone)
+    finally:
+        gone.cancel()
+    return page
+
+
+async def _gone(receive: Receive) -> None:
+    """Return once the client has closed the connection. Once a request's body is read, an ASGI
+    server's ``receive`` answers ``http.disconnect`` when that happens (uvicorn's waits for it);
+    before, it answers the body (a GET's is empty), which is skipped."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception as exc:  # a server that cannot say: the long-poll then runs its course
+        log.warning("events: cannot watch a long-poll's connection: %s: %s", type(exc).__name__, exc)
+        await asyncio.Future()  # never done: the long-poll's ``finally`` cancels it
+
+
+async def unless_gone(waited: Awaitable[None], gone: asyncio.Future[None]) -> None:
+    """Await ``waited``; if the client goes first (``gone``), stop it and raise ClientClosedRequest."""
+    task = asyncio.ensure_future(waited)
+    await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()  # its own cleanup (HeadWatch's count of waiters) runs as it ends
+        log.info("events: a long-poll's client closed the connection while it waited")
+        raise ClientClosedRequest("client closed the connection while its long-poll waited")
+    task.result()
+
+
+def wants_stream(accept: str | None) -> bool:
+    """Whether ``Accept`` asks for Server-Sent Events: it names ``text/event-stream`` (media types
+    compare case-insensitively) with a q above 0, and prefers no JSON range (``application/json``,
+    ``application/*``, ``*/*``) to it. Without ``Accept``, a page of JSON."""
+    if not accept:
+        return False
+    stream = json = 0.0
+    for media_range in accept.split(","):
+        kind, *parameters = (part.strip() for part in media_range.split(";"))
+        q = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                q = _weight(value.strip())
+        kind = kind.lower()
+        if kind == STREAM_MEDIA_TYPE:
+            stream = max(stream, q)
+        elif kind in JSON_RANGES:
+            json = max(json, q)
+    return stream > 0 and stream >= json
+
+
+JSON_RANGES = frozenset({"application/json", "application/*", "*/*"})
+WEIGHT = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110's qvalue
+
+
+def _weight(value: str) -> float:
+    """A media range's q; one that is not a qvalue (RFC 9110: 0 to 1, three decimals) accepts nothing."""
+    return float(value) if WEIGHT.fullmatch(value) else 0.0
+
+
+async def _stream(request: Request, first: Fetched, ask: Ask, seconds: int) -> AsyncIterator[bytes]:
     """Server-Sent Events: each event with its id and type, a comment while nothing happens, and an
     end after ``seconds`` (the client reconnects with Last-Event-ID). A database failure ends it
     the same way: the client resumes where it stopped."""
@@ -320,7 +408,7 @@ async def _stream(
             if deadline - time.monotonic() <= 0:
                 return
             try:
-                page = await ask(page.position)
+                page = await watch.asking(ask, page.position)
             except ServiceUnavailable as exc:
                 log.warning("events: a stream ended early: %s", exc)
                 return

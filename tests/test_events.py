@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import reads.events
+from reads.cursor import encode_cursor
 from service.app import create_app
 from service.schema import head_revision
 from shared.config import Settings, asyncpg_dsn
@@ -171,6 +172,45 @@ async def test_a_tampered_cursor_is_a_400(client: httpx.AsyncClient, shop: Shop)
     tampered = cursor[:-2] + ("AA" if cursor[-2:] != "AA" else "BB")
     response = await client.get("/v1/events", params={"after": tampered})
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize("position", [b"-1", b"9223372036854775808", b"18446744073709551616", b"1.5", b'"1"'])
+async def test_a_cursor_sealed_around_a_position_no_feed_can_have_is_a_400(
+    client: httpx.AsyncClient, position: bytes
+) -> None:
+    """A cursor is sealed, not secret (reads.cursor): one forged around a position outside bigint's
+    range, or not an integer, is refused as not fitting the feed, from `after` and from Last-Event-ID."""
+    forged = encode_cursor(msgspec.Raw(position), bound_to=reads.events.FEED)
+    after = await client.get("/v1/events", params={"after": forged})
+    resumed = await client.get("/v1/events", headers={"Last-Event-ID": forged})
+    for response in (after, resumed):
+        assert (response.status_code, response.json()["type"]) == (400, "/problems/bad-cursor"), response.text
+
+
+@pytest.mark.parametrize(
+    ("accept", "stream"),
+    [
+        ("text/event-stream", True),
+        ("Text/Event-Stream", True),  # media types compare case-insensitively
+        ("application/json, text/event-stream", True),
+        ("text/event-stream;charset=utf-8, */*;q=0.1", True),
+        (None, False),
+        ("*/*", False),
+        ("text/event-stream;q=0, application/json", False),  # refused by the client
+        ("text/event-stream;q=0.2, application/json", False),  # JSON preferred
+        ("text/event-stream;q=2", False),  # not a weight
+        ("text/event-streams", False),
+    ],
+)
+def test_the_stream_is_for_the_clients_whose_accept_prefers_it(accept: str | None, stream: bool) -> None:
+    assert reads.events.wants_stream(accept) is stream
+
+
+async def test_a_client_that_refuses_the_stream_gets_a_page(client: httpx.AsyncClient, shop: Shop) -> None:
+    await shop.customer()
+    response = await client.get("/v1/events", headers={"Accept": "text/event-stream;q=0, application/json"})
+    assert response.headers["content-type"] == "application/json"
+    assert [event["type"] for event in response.json()["items"]] == ["customer.created"]
 
 
 async def test_a_cursor_before_the_purged_events_is_a_410(

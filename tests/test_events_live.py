@@ -388,3 +388,50 @@ async def test_consumers_that_stop_and_resume_from_their_own_cursor_miss_nothing
     assert paged == everything
     assert streamed == everything
     assert again_paged == again_streamed[1:] == everything[len(everything) // 2 + 1 :]
+
+
+# --- waiting clients, over real sockets -------------------------------------------------------------
+
+
+async def head_cursor(client: httpx.AsyncClient) -> str:
+    response = await client.get("/v1/events")
+    assert response.status_code == 200, response.text
+    cursor: str = response.json()["next_cursor"]
+    return cursor
+
+
+async def test_a_long_poll_whose_client_went_away_stops_waiting_at_once(settings: Settings) -> None:
+    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        after = await head_cursor(client)
+        port = int(url.rsplit(":", 1)[1])
+        request = f"GET /v1/events?after={after}&wait=30 HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+        connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for _, writer in connections:
+            writer.write(request)
+        await clients_waiting(client, "long-poll", 3)
+        for _, writer in connections:
+            writer.close()
+        # Each stops waiting as its client goes, not 30 s later when its wait runs out.
+        await clients_waiting(client, "long-poll", 0)
+        # And a client that stays still gets its page.
+        assert (await client.get("/v1/events", params={"after": after, "wait": 1})).json()["items"] == []
+
+
+async def test_long_polls_woken_together_by_one_event_are_all_answered_with_it(settings: Settings) -> None:
+    """Far more long-polls than the read pool has connections and queue places: the event wakes them
+    all at once, and each gets it (none a 503 for a full queue)."""
+    small = msgspec.structs.replace(settings, read_pool_min_size=1, read_pool_max_size=2, read_pool_max_waiting=2)
+    async with serving(create_app(small)) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        after = await head_cursor(client)
+        polls = []
+        for waiting in range(1, 13):  # one after the other: each one's first page is an ordinary query
+            polls.append(asyncio.create_task(client.get("/v1/events", params={"after": after, "wait": 20})))
+            await clients_waiting(client, "long-poll", waiting)
+        created = await client.post(
+            "/v1/products", json={"sku": "WAKE", "name": "Mug", "price_cents": 700, "stock": 1}, headers=AUTH
+        )
+        assert created.status_code == 201, created.text
+        async with asyncio.timeout(15):
+            answers = await asyncio.gather(*polls)
+    assert [answer.status_code for answer in answers] == [200] * 12
+    assert all([event["data"] for event in answer.json()["items"]] == [created.json()] for answer in answers)
