@@ -96,8 +96,10 @@ class Gate:
         if self.in_use + self.waiting + self.admitted >= self.capacity + self.max_waiting:
             self._series.timeouts.inc()
             raise PoolExhausted(
-                f"{self.names.pool}: {self.waiting + self.admitted} requests already wait for a connection"
-                f" ({self.names.max_waiting}={self.max_waiting})",
+                # In places, not in requests waiting: a command admitted while it reads its body holds
+                # a place before it takes a connection or joins the queue.
+                f"{self.names.pool}: its {self.capacity} connections and the {self.max_waiting} places in its queue"
+                f" are all taken ({self.names.max_waiting}={self.max_waiting})",
                 retry_after=random.randint(1, RETRY_SPREAD),  # noqa: S311 - jitter, not a secret
             )
 
