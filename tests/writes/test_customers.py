@@ -63,6 +63,27 @@ async def test_upsert_inserts_new_emails_renames_known_ones_and_reports_both_cou
     ]
 
 
+async def test_upsert_leaves_a_customer_already_so_named_alone_and_counts_it_in_neither(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    ada = await new_customer(client, "ada@example.com", "Ada")
+    await new_customer(client, "bob@example.com", "Bob")
+    created = await db.fetchval("SELECT ctid::text FROM customers WHERE id = $1", ada)
+    batch = {"customers": [{"email": "ADA@example.com", "name": "Ada"}, {"email": "bob@example.com", "name": "Robert"}]}
+    response = await client.post("/v1/customers/upsert", json=batch, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"inserted": 0, "updated": 1}
+    # Ada's row was not rewritten: the version the creation wrote is still the live one.
+    assert await db.fetchval("SELECT ctid::text FROM customers WHERE id = $1", ada) == created
+    # Only the change is an event.
+    events = (await client.get("/v1/events")).json()["items"]
+    assert [(e["type"], e["data"]["name"]) for e in events] == [
+        ("customer.created", "Ada"),
+        ("customer.created", "Bob"),
+        ("customer.updated", "Robert"),
+    ]
+
+
 async def test_upsert_of_an_email_repeated_in_one_batch_keeps_the_last_name(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:

@@ -26,8 +26,9 @@ async def create_customer(command: CreateCustomer, session: AsyncSession) -> Cus
 
 
 async def upsert_customers(command: UpsertCustomers, session: AsyncSession) -> UpsertResult:
-    """Insert new emails, rename existing ones; a batch that names an email twice keeps the last name
-    (PostgreSQL refuses to update one row twice in a statement, so duplicates are folded first)."""
+    """Insert new emails, rename existing ones (one already so named is unchanged: counted in neither);
+    a batch that names an email twice keeps the last name (PostgreSQL refuses to update one row twice
+    in a statement, so duplicates are folded first)."""
     names = {customer.email.lower(): customer.name for customer in command.customers}
     rows = (await session.execute(_upsert(list(names), list(names.values())))).all()
     await events.append(
@@ -55,9 +56,13 @@ def _upsert(emails: list[str], names: list[str]) -> ReturningInsert[int, str, st
         .render_derived(name="batch")
     )
     statement = insert(Customer).from_select(["email", "name"], select(batch.c.email, batch.c.name))
+    # A known email whose name is already the one given is left alone: not rewritten, not returned, so
+    # it is neither counted nor an event (a command appends one per resource it changes).
     # xmax is 0 on a row version no transaction has touched since it was inserted: a fresh insert.
     return statement.on_conflict_do_update(
-        index_elements=[Customer.email], set_={"name": statement.excluded.name}
+        index_elements=[Customer.email],
+        set_={"name": statement.excluded.name},
+        where=Customer.name.is_distinct_from(statement.excluded.name),
     ).returning(
         Customer.id,
         Customer.email,
