@@ -206,11 +206,15 @@ class HeadWatch:
     one event would otherwise all join the pool's queue in the same instant, past
     READ_POOL_MAX_WAITING, and be refused (as would any query arriving then). A few at a time, they
     leave the rest of the pool to the other queries and are answered within milliseconds of each
-    other all the same."""
+    other all the same.
 
-    def __init__(self, period: float, rereads: int) -> None:
+    Once the server drains (``draining``: a graceful shutdown began), the task wakes every client
+    within a period, for good: they answer what they have rather than hold the exit up."""
+
+    def __init__(self, period: float, rereads: int, draining: asyncio.Event) -> None:
         self.period = period
         self.rereads = asyncio.Semaphore(rereads)
+        self.draining = draining
         self.head: int | None = None
         self._moved = asyncio.Event()
         self._waiting = 0
@@ -223,7 +227,11 @@ class HeadWatch:
         try:
             if self._task is None or self._task.done():
                 self._task = asyncio.create_task(self._watch(pool), name="orders-api events head")
-            while (self.head is None or self.head <= position) and (left := deadline - time.monotonic()) > 0:
+            while (
+                (self.head is None or self.head <= position)
+                and not self.draining.is_set()
+                and (left := deadline - time.monotonic()) > 0
+            ):
                 moved = self._moved
                 try:
                     await asyncio.wait_for(moved.wait(), left)
@@ -246,9 +254,14 @@ class HeadWatch:
             else:
                 if head != self.head:
                     self.head = head
-                    self._moved.set()
-                    self._moved = asyncio.Event()
+                    self._wake()
+            if self.draining.is_set():
+                self._wake()
             await asyncio.sleep(self.period)
+
+    def _wake(self) -> None:
+        self._moved.set()
+        self._moved = asyncio.Event()
 
 
 # One watch per primary read pool: per process, and per app in the tests (which open several).
@@ -264,7 +277,8 @@ def head_watch(request: Request) -> tuple[HeadWatch, ReadPool]:
     if watch is None:
         # Half the primary's connections at most: the other half stays free for every other query.
         rereads = max(1, primary.gate.capacity // 2)
-        watch = _WATCHES[primary] = HeadWatch(resources(request).settings.events_poll_ms / 1000, rereads)
+        found = resources(request)
+        watch = _WATCHES[primary] = HeadWatch(found.settings.events_poll_ms / 1000, rereads, found.draining)
     return watch, primary
 
 
@@ -311,17 +325,18 @@ async def list_events(request: Request) -> Response:
 
 
 async def _long_poll(request: Request, page: Fetched, ask: Ask, wait: int) -> Fetched:
-    """The first page after ``page`` with an event in it, or an empty one after ``wait`` seconds; a
-    499 (``ClientClosedRequest``) as soon as the client has gone, rather than waiting on for it."""
+    """The first page after ``page`` with an event in it, or an empty one after ``wait`` seconds (or
+    once the server drains); a 499 (``ClientClosedRequest``) as soon as the client has gone, rather
+    than waiting on for it."""
     deadline = time.monotonic() + wait
     watch, primary = head_watch(request)
     gone = asyncio.ensure_future(_gone(request.receive))
     try:
         with waiting("long-poll"):
-            while not page.events.items and (left := deadline - time.monotonic()) > 0:
+            while not page.events.items and not watch.draining.is_set() and (left := deadline - time.monotonic()) > 0:
                 await unless_gone(watch.wait_past(primary, page.position, left), gone)
                 page = await watch.asking(ask, page.position)
-                if not page.events.items:
+                if not page.events.items and not watch.draining.is_set():
                     await unless_gone(asyncio.sleep(min(watch.period, max(0.0, deadline - time.monotonic()))), gone)
     finally:
         gone.cancel()
@@ -385,7 +400,7 @@ def _weight(value: str) -> float:
 async def _stream(request: Request, first: Fetched, ask: Ask, seconds: int) -> AsyncIterator[bytes]:
     """Server-Sent Events: each event with its id and type, a comment while nothing happens, and an
     end after ``seconds`` (the client reconnects with Last-Event-ID). A database failure ends it
-    the same way: the client resumes where it stopped."""
+    the same way, and so does the server's drain: the client resumes where it stopped."""
     deadline = time.monotonic() + seconds
     watch, primary = head_watch(request)
     page = first
@@ -405,8 +420,8 @@ async def _stream(request: Request, first: Fetched, ask: Ask, seconds: int) -> A
             if time.monotonic() - sent >= KEEP_ALIVE_SECONDS:
                 yield b": keep-alive\n\n"
                 sent = time.monotonic()
-            if deadline - time.monotonic() <= 0:
-                return
+            if deadline - time.monotonic() <= 0 or watch.draining.is_set():
+                return  # the client reconnects with Last-Event-ID, to another process if this one stops
             try:
                 page = await watch.asking(ask, page.position)
             except ServiceUnavailable as exc:

@@ -27,6 +27,7 @@ from uvicorn.server import ServerState
 from shared.dto import Problem
 from shared.errors import ApiError, HeadersTooLarge, MalformedRequest, problem_kind
 from shared.http import ENCODER
+from shared.sides import Resources
 
 log = logging.getLogger("orders_api.http")
 
@@ -84,6 +85,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.head_bytes += len(data)
             if self.head_bytes > self.bounds.max_bytes:
                 self._refuse(f"request head exceeds {self.bounds.max_bytes} bytes (MAX_HEADER_BYTES)")
+
+    def shutdown(self) -> None:
+        # uvicorn calls this on every open connection once a graceful shutdown begins (SIGTERM),
+        # then waits SHUTDOWN_TIMEOUT for the requests in flight. A long-poll or an event stream
+        # would wait on for events until then and be cut with a 500: told, they answer what they
+        # have now (``shared.sides.Resources.draining``).
+        resources = self.app_state.get("resources")
+        if isinstance(resources, Resources):
+            resources.draining.set()
+        super().shutdown()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

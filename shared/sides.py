@@ -7,8 +7,9 @@ request reaches through ``resources(request)``: no untyped ``request.state`` loo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from starlette.requests import Request
@@ -64,11 +65,14 @@ class Side:
 
 @dataclass(frozen=True)
 class Resources:
-    """What the lifespan opened, for the requests of this process."""
+    """What the lifespan opened, for the requests of this process. ``draining`` is set once the
+    server has begun a graceful shutdown (``service.server``): what would wait for more, a long-poll
+    or an event stream, answers what it has at once instead of holding the exit up."""
 
     settings: Settings
     pools: Mapping[SideName, Pool]
     schema_head: str
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def resources(request: Request) -> Resources:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.processes import serve_env, serving_process, wait_ready
 from tests.support import AUTH
+from tests.test_events_live import clients_waiting
 from tests.writes.support import new_customer, new_product
 
 IN_FLIGHT = 4  # of each kind per test: within one worker's write pool (5) and read pool (10)
@@ -142,3 +143,44 @@ def test_a_clean_shutdown_logs_no_lifespan_error(database_url: str, tmp_path: Pa
     assert "Application shutdown complete" in output
     assert "Finished server process" in output
     assert "lifespan" not in output, output
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_ends_waiting_long_polls_and_streams_at_once_with_what_they_have(
+    database_url: str, tmp_path: Path, workers: int
+) -> None:
+    """A long-poll or an event stream waits for events that may be long in coming: a stopping server
+    answers the long-poll's empty page and ends the stream cleanly (its client resumes elsewhere),
+    rather than holding its exit up for SHUTDOWN_TIMEOUT and cutting them with 500s."""
+    log = tmp_path / "serve.log"
+    env = serve_env(database_url, SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT), EVENTS_STREAM_SECONDS="300")
+    with serving_process("--workers", str(workers), env=env, log=log) as (process, url):
+        await asyncio.to_thread(wait_ready, url, process, log)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            await new_customer(http)
+            after = (await http.get("/v1/events")).json()["next_cursor"]
+
+            async def stream() -> str:
+                async with http.stream("GET", "/v1/events", params={"after": after}, headers=SSE) as response:
+                    return "".join([chunk async for chunk in response.aiter_text()])
+
+            polls = [asyncio.create_task(http.get("/v1/events", params={"after": after, "wait": 30})) for _ in range(3)]
+            streams = [asyncio.create_task(stream()) for _ in range(2)]
+            for mode, count in (("long-poll", 3), ("stream", 2)):
+                await clients_waiting(http, mode, count)
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            answers = await asyncio.wait_for(asyncio.gather(*polls), SHUTDOWN_TIMEOUT / 2)
+            streamed = await asyncio.wait_for(asyncio.gather(*streams), SHUTDOWN_TIMEOUT / 2)
+            code = await exit_code(process, within=SHUTDOWN_TIMEOUT / 2)
+        took = time.monotonic() - signalled
+
+    empty = {"items": [], "next_cursor": after}
+    assert [(answer.status_code, answer.json()) for answer in answers] == [(200, empty)] * 3
+    assert streamed == ["retry: 1000\n\n"] * 2  # whole: the chunked body ended properly
+    assert code == 0, log.read_text()
+    assert took < SHUTDOWN_TIMEOUT / 2, took
+    assert "Cancel" not in log.read_text(), log.read_text()
+
+
+SSE = {"Accept": "text/event-stream"}
