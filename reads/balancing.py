@@ -59,16 +59,16 @@ async def open_read_side(settings: Settings, schema_head: str) -> Pool:
     return await Replicas.open(settings, urls, schema_head) if urls else await ReadPool.open(settings)
 
 
-async def reader(request: Request) -> Reader:
+async def reader(request: Request, *, sticky: bool = True) -> Reader:
     """The database this request reads, by its ``Consistency-Token`` when it sends one: a malformed
-    token is a 400 before anything is read."""
+    token is a 400 before anything is read. ``sticky``: see ``Routed``."""
     # Every field of the header, joined as HTTP joins repeated fields: a second one (a "0" after a
     # good token) makes the whole value malformed rather than going unread.
     tokens = request.headers.getlist(HEADER)
     position = decode_token(", ".join(tokens)) if tokens else None
     pool = resources(request).pools["reads"]
     if isinstance(pool, Replicas):
-        return await pool.reader(position)
+        return await pool.reader(position, sticky=sticky)
     assert isinstance(pool, ReadPool)
     return pool
 
@@ -105,17 +105,17 @@ class Replicas:
         replicas.monitor.start()
         return replicas
 
-    async def reader(self, position: int | None) -> Reader:
+    async def reader(self, position: int | None, *, sticky: bool = True) -> Reader:
         if position is None:
-            return Routed(self, self._least_busy([r for r in self.replicas if r.fresh]), "replica")
+            return Routed(self, self._least_busy([r for r in self.replicas if r.fresh]), "replica", sticky)
         found = self._past(position)
         if found is not None:
-            return Routed(self, found, "replica")
+            return Routed(self, found, "replica", sticky)
         if self.consistency_wait and any(replica.in_service for replica in self.replicas):
             found = await self.monitor.wait_for(lambda: self._past(position), self.consistency_wait)
             if found is not None:
-                return Routed(self, found, "waited")
-        return Routed(self, None, "primary")
+                return Routed(self, found, "waited", sticky)
+        return Routed(self, None, "primary", sticky)
 
     def _past(self, position: int) -> Replica | None:
         wal_page = self.monitor.wal_page
@@ -151,9 +151,12 @@ class Replicas:
 class Routed:
     """A request's ``Reader``: the chosen replica (None: the primary). When the replica fails the
     first query, the primary answers it, within its own acquire timeout; whichever answered the first
-    query answers the rest, so an export's batches all come from one database."""
+    query answers the rest, so an export's batches all come from one database. Unless not ``sticky``:
+    then the primary answers any query the replica fails, for a request whose queries each stand on
+    their own, and which the primary, always at least as far along, can answer as well (a page of
+    the event feed, its wait for a round included)."""
 
-    def __init__(self, replicas: Replicas, replica: Replica | None, route: Route) -> None:
+    def __init__(self, replicas: Replicas, replica: Replica | None, route: Route, sticky: bool = True) -> None:
         self.replicas = replicas
         self.replica = replica
         # A replica in service always has its pool (``Replica.problem``); the primary is the fallback.
@@ -161,6 +164,7 @@ class Routed:
         self.route: Route = route if replica is not None else "primary"
         self.answers = replicas.primary.answers  # a version names the same data on every database
         self.answered = False
+        self.sticky = sticky
 
     async def find(
         self, sql: str, view: type[T], *args: object, wait: float | None = None, shed: bool = True, replan: bool = False
@@ -173,7 +177,7 @@ class Routed:
         return await self._answer(lambda pool: pool.value(sql, view, *args, wait=wait, shed=shed, replan=replan))
 
     async def _answer(self, query: Callable[[ReadPool], Awaitable[T]]) -> T:
-        if self.answered:
+        if self.answered and (self.sticky or self.replica is None):
             return await query(self.pool)
         try:
             answer = await query(self.pool)
@@ -190,8 +194,9 @@ class Routed:
             # the answer, and the replica keeps serving.
             answer = await self._on_primary(query)
             replica.set_aside_for_schema(exc)
-        self.answered = True
-        self.replicas.routed[self.route].inc()
+        if not self.answered:  # a request is counted once, by where its first query went
+            self.answered = True
+            self.replicas.routed[self.route].inc()
         return answer
 
     async def _on_primary(self, query: Callable[[ReadPool], Awaitable[T]]) -> T:

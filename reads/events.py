@@ -308,12 +308,13 @@ async def list_events(request: Request) -> Response:
     cursor = query.after if last_event_id is None else last_event_id
     after = None if cursor is None else _position(cursor)
 
+    # Not sticky: a replica that stops while a page waits for its round leaves the page to the primary.
     async def ask(after: int | None) -> Fetched:
-        return await read_page(await reader(request), after, query.limit, types)
+        return await read_page(await reader(request, sticky=False), after, query.limit, types)
 
     # The first page is read before any byte is sent: a bad or purged cursor, an exhausted pool, are
     # still proper problems. It settles: it holds every event committed before the request.
-    first = await read_page(await reader(request), after, query.limit, types, settle=True)
+    first = await read_page(await reader(request, sticky=False), after, query.limit, types, settle=True)
     if wants_stream(request.headers.get("accept")):
         settings = resources(request).settings
         stream = _stream(request, first, ask, settings.events_stream_seconds)

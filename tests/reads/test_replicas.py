@@ -20,6 +20,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from starlette.applications import Starlette
 
+import reads.events
 from reads.balancing import Replicas, Routed
 from reads.db import ReadPool
 from reads.replicas import LONG_PAGE_HEADER, covers, lag
@@ -619,3 +620,37 @@ async def test_a_replica_that_has_the_commands_commit_but_not_its_round_waits_fo
     answered = {route: routed(after, route) - routed(before, route) for route in ("replica", "waited", "primary")}
     assert answered["replica"] + answered["waited"] == 1, answered
     assert answered["primary"] == 0, answered
+
+
+async def test_a_page_waiting_for_its_round_on_a_replica_that_stops_is_answered_by_the_primary(
+    database_url: str, caught_up: Standby, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of the feed waits on its replica for the round that positions a command's event; the
+    replica stops meanwhile. The primary, which has everything the replica had, answers the rest of
+    the page's queries, its wait included: the event, not a 503."""
+    monkeypatch.setattr(reads.events, "SETTLE_WITHIN", 30.0)  # the wait outlasts the replica's stop
+    settings = replica_settings(database_url, replica_url(caught_up, database_url), read_pool_acquire_timeout=1.0)
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with asyncio.timeout(90), serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+            seen = (await client.get("/v1/events")).json()["next_cursor"]
+            holder_tx = holder.transaction()
+            await holder_tx.start()
+            await holder.execute("SELECT FROM events_head FOR UPDATE")  # the rounds wait behind it
+            created = await command(client, "/v1/customers", {"email": f"stop{next(_serial)}@example.com", "name": "S"})
+            await asyncio.to_thread(caught_up.wait_caught_up, database_url)  # the replica has the commit
+            reading = asyncio.create_task(client.get("/v1/events", params={"after": seen}, headers=with_token(created)))
+            await asyncio.sleep(0.5)
+            assert not reading.done(), "the page waits for the round"
+            try:
+                await asyncio.to_thread(caught_up.stop)
+                await asyncio.sleep(0.5)  # the page's next look goes to the primary
+                await holder_tx.rollback()  # the round goes on
+                own = await reading
+            finally:
+                await asyncio.to_thread(caught_up.start)
+    finally:
+        await holder.close()
+
+    assert own.status_code == 200, own.text
+    assert [(e["type"], e["data"]) for e in own.json()["items"]] == [("customer.created", created.json())]
