@@ -585,6 +585,37 @@ async def test_the_event_feed_is_read_from_the_replica_and_with_a_commands_token
     assert [(e["type"], e["data"]) for e in polled.json()["items"]] == [("customer.created", second.json())]
 
 
+@asynccontextmanager
+async def rounds_held(
+    settings: Settings, database_url: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, asyncpg.Connection, Any, str]]:
+    """The app served with ``settings``, a client, and the feed's end (its ``next_cursor``); then
+    the positioning rounds queue behind a lock on the feed's head row until the yielded transaction
+    (of the yielded connection) rolls back, or the block ends."""
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+            seen = (await client.get("/v1/events")).json()["next_cursor"]
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute("SELECT FROM events_head FOR UPDATE")
+            yield client, holder, transaction, seen
+    finally:
+        await holder.close()
+
+
+async def page_after_a_held_command(
+    client: httpx.AsyncClient, standby: Standby, database_url: str, seen: str
+) -> tuple[httpx.Response, asyncio.Task[httpx.Response]]:
+    """With the rounds held: a command, replayed by the replica; then, in a task, the feed's page
+    after ``seen`` with the command's token (it waits for the command's round)."""
+    created = await command(client, "/v1/customers", {"email": f"held{next(_serial)}@example.com", "name": "H"})
+    await asyncio.to_thread(standby.wait_caught_up, database_url)  # the replica has the commit
+    reading = asyncio.create_task(client.get("/v1/events", params={"after": seen}, headers=with_token(created)))
+    await asyncio.sleep(0.5)
+    return created, reading
+
+
 async def test_a_replica_that_has_the_commands_commit_but_not_its_round_waits_for_the_round(
     database_url: str, caught_up: Standby
 ) -> None:
@@ -592,26 +623,14 @@ async def test_a_replica_that_has_the_commands_commit_but_not_its_round_waits_fo
     A replica can have replayed the commit, so the token sends the read there, while the round is
     still held on the primary: the page waits for the round to reach the replica and shows the event."""
     settings = replica_settings(database_url, replica_url(caught_up, database_url))
-    holder = await asyncpg.connect(database_url)
-    try:
-        async with asyncio.timeout(60), serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
-            seen = (await client.get("/v1/events")).json()["next_cursor"]
-            # The rounds queue behind this lock on the feed's head row until it goes.
-            holder_tx = holder.transaction()
-            await holder_tx.start()
-            await holder.execute("SELECT FROM events_head FOR UPDATE")
-            created = await command(client, "/v1/customers", {"email": f"held{next(_serial)}@example.com", "name": "H"})
-            await asyncio.to_thread(caught_up.wait_caught_up, database_url)  # the replica has the commit
-            unpositioned = await holder.fetchval("SELECT count(*) FROM events WHERE position IS NULL")
-            before = await scrape(client)
-            reading = asyncio.create_task(client.get("/v1/events", params={"after": seen}, headers=with_token(created)))
-            await asyncio.sleep(0.5)
-            waited = not reading.done()
-            await holder_tx.rollback()  # the round goes on, and the replica replays it
-            own = await reading
-            after = await scrape(client)
-    finally:
-        await holder.close()
+    async with asyncio.timeout(60), rounds_held(settings, database_url) as (client, holder, held, seen):
+        before = await scrape(client)
+        created, reading = await page_after_a_held_command(client, caught_up, database_url, seen)
+        waited = not reading.done()
+        unpositioned = await holder.fetchval("SELECT count(*) FROM events WHERE position IS NULL")
+        await held.rollback()  # the round goes on, and the replica replays it
+        own = await reading
+        after = await scrape(client)
 
     assert unpositioned == 1, "the command's event waited for its round"
     assert waited, "the page waited for the round rather than answering without the event"
@@ -630,27 +649,16 @@ async def test_a_page_waiting_for_its_round_on_a_replica_that_stops_is_answered_
     the page's queries, its wait included: the event, not a 503."""
     monkeypatch.setattr(reads.events, "SETTLE_WITHIN", 30.0)  # the wait outlasts the replica's stop
     settings = replica_settings(database_url, replica_url(caught_up, database_url), read_pool_acquire_timeout=1.0)
-    holder = await asyncpg.connect(database_url)
-    try:
-        async with asyncio.timeout(90), serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
-            seen = (await client.get("/v1/events")).json()["next_cursor"]
-            holder_tx = holder.transaction()
-            await holder_tx.start()
-            await holder.execute("SELECT FROM events_head FOR UPDATE")  # the rounds wait behind it
-            created = await command(client, "/v1/customers", {"email": f"stop{next(_serial)}@example.com", "name": "S"})
-            await asyncio.to_thread(caught_up.wait_caught_up, database_url)  # the replica has the commit
-            reading = asyncio.create_task(client.get("/v1/events", params={"after": seen}, headers=with_token(created)))
-            await asyncio.sleep(0.5)
-            assert not reading.done(), "the page waits for the round"
-            try:
-                await asyncio.to_thread(caught_up.stop)
-                await asyncio.sleep(0.5)  # the page's next look goes to the primary
-                await holder_tx.rollback()  # the round goes on
-                own = await reading
-            finally:
-                await asyncio.to_thread(caught_up.start)
-    finally:
-        await holder.close()
+    async with asyncio.timeout(90), rounds_held(settings, database_url) as (client, _, held, seen):
+        created, reading = await page_after_a_held_command(client, caught_up, database_url, seen)
+        assert not reading.done(), "the page waits for the round"
+        try:
+            await asyncio.to_thread(caught_up.stop)
+            await asyncio.sleep(0.5)  # the page's next look goes to the primary
+            await held.rollback()  # the round goes on
+            own = await reading
+        finally:
+            await asyncio.to_thread(caught_up.start)
 
     assert own.status_code == 200, own.text
     assert [(e["type"], e["data"]) for e in own.json()["items"]] == [("customer.created", created.json())]
