@@ -135,7 +135,10 @@ def serve(host: str, port: int, workers: int, role: ServeRole, data_dir: Path | 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """How uvicorn serves the app, in one place: ``serve`` and the socket tests both use it."""
     bounds = HeadBounds(
-        timeout=settings.header_timeout, max_bytes=settings.max_header_bytes, max_count=settings.max_headers
+        timeout=settings.header_timeout,
+        max_bytes=settings.max_header_bytes,
+        max_count=settings.max_headers,
+        send_timeout=settings.send_timeout,
     )
     # SIGTERM: stop accepting, give in-flight requests SHUTDOWN_TIMEOUT, then cancel what is left
     # so the lifespan can close the pools. uvicorn's default (None) would wait for ever.

@@ -4,7 +4,8 @@ uvicorn 0.54 times out only idle keep-alive connections. A client that connects 
 or half a head, or one header a minute, holds its connection for ever, and httptools takes a head of
 any size and header count. Here every head has a deadline (``HEADER_TIMEOUT``) and a cap on its
 size (``MAX_HEADER_BYTES``) and its fields (``MAX_HEADERS``). The body has its own deadline, where
-it is read (``shared.http.read_body``). h11 would bound only a head still incomplete, and costs
+it is read (``shared.http.read_body``). And an answer the client stops taking is cut after
+``SEND_TIMEOUT`` (``pause_writing``). h11 would bound only a head still incomplete, and costs
 throughput, so the fast parser stays.
 
 What the protocol refuses before any app runs (a head too large, one the parser cannot read) gets
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -40,6 +42,7 @@ class HeadBounds:
     timeout: float
     max_bytes: int
     max_count: int
+    send_timeout: float
 
     def __call__(
         self,
@@ -49,6 +52,34 @@ class HeadBounds:
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> BoundedHttpToolsProtocol:
         return BoundedHttpToolsProtocol(config, server_state, app_state, _loop, bounds=self)
+
+
+class Deadline:
+    """One of a connection's timers: armed, stopped, or run out (then ``expired`` is called)."""
+
+    __slots__ = ("_expired", "_handle")
+
+    def __init__(self, expired: Callable[[], None]) -> None:
+        self._expired = expired
+        self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self._handle is not None
+
+    def arm(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Start it, unless it runs already."""
+        if self._handle is None:
+            self._handle = loop.call_later(seconds, self._run_out)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _run_out(self) -> None:
+        self._handle = None
+        self._expired()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -65,23 +96,45 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.bounds = bounds
         # Armed while a head is awaited: from connecting, or from the first byte of a later request
         # (between requests uvicorn's keep-alive timeout applies).
-        self.head_deadline: asyncio.TimerHandle | None = None
+        self.head_deadline = Deadline(self._head_timed_out)
         self.head_bytes = 0
         self.refused = False
+        # Armed while the transport's buffer is over its high-water mark: the client takes nothing.
+        self.send_deadline = Deadline(self._send_timed_out)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_deadline()
+        self.head_deadline.stop()
+        self.send_deadline.stop()
         super().connection_lost(exc)
+
+    # uvicorn waits for a full buffer to drain for as long as it takes: a client that stops reading
+    # held its response (an event stream past its end, an export) and the socket's buffers for ever.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.send_deadline.arm(self.loop, self.bounds.send_timeout)
+
+    def resume_writing(self) -> None:
+        self.send_deadline.stop()
+        super().resume_writing()
+
+    def _send_timed_out(self) -> None:
+        log.info(
+            "cut a connection to %s: its client took nothing of the answer for %s s (SEND_TIMEOUT)",
+            _client(self.client),
+            self.bounds.send_timeout,
+        )
+        # Not close(): that would wait for the client to take what is buffered, which it does not.
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         # httptools keeps a header to itself until it ends, so a head still incomplete is measured
         # here, in bytes received: memory stays within the bound plus one read.
-        if self.head_deadline is not None and not self.refused:
+        if self.head_deadline.armed and not self.refused:
             self.head_bytes += len(data)
             if self.head_bytes > self.bounds.max_bytes:
                 self._refuse(f"request head exceeds {self.bounds.max_bytes} bytes (MAX_HEADER_BYTES)")
@@ -101,7 +154,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._await_head()
 
     def on_headers_complete(self) -> None:
-        self._stop_head_deadline()
+        self.head_deadline.stop()
         problem = self._head_problem()
         if problem is None:
             super().on_headers_complete()
@@ -118,17 +171,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_message_complete()
 
     def _await_head(self) -> None:
-        if self.head_deadline is None and not self.refused:
+        if not self.head_deadline.armed and not self.refused:
             self.head_bytes = 0
-            self.head_deadline = self.loop.call_later(self.bounds.timeout, self._head_timed_out)
-
-    def _stop_head_deadline(self) -> None:
-        if self.head_deadline is not None:
-            self.head_deadline.cancel()
-            self.head_deadline = None
+            self.head_deadline.arm(self.loop, self.bounds.timeout)
 
     def _head_timed_out(self) -> None:
-        self.head_deadline = None
         log.info(
             "closed a connection from %s: no complete request head within %s s (HEADER_TIMEOUT)",
             _client(self.client),
@@ -149,12 +196,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn calls this when httptools cannot parse what arrived; its own answer is text/plain.
         # (Its warning "Invalid HTTP request received." is logged already.)
         self.refused = True
-        self._stop_head_deadline()
+        self.head_deadline.stop()
         self._answer(MalformedRequest("not an HTTP/1.1 request this server can parse"))
 
     def _refuse(self, detail: str) -> None:
         self.refused = True
-        self._stop_head_deadline()
+        self.head_deadline.stop()
         self._answer(HeadersTooLarge(detail))
 
     def _answer(self, error: ApiError) -> None:

@@ -280,6 +280,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
             "408. 30 s is 2 MB/s for the largest import; raise it for big imports over slow links.",
         ),
     ] = 30.0
+    send_timeout: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=3600,
+            description="Seconds a response may wait for its client to take more of it (the connection's send "
+            "buffers full), else the connection is cut: a client that stops reading an event stream or an export "
+            "holds neither past it. A client that reads at all, however slowly, is never cut.",
+        ),
+    ] = 60.0
     max_header_bytes: Annotated[
         int,
         Meta(

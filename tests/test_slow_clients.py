@@ -1,12 +1,14 @@
 """Slow and oversized requests, over real sockets to the production uvicorn configuration: a stalled
-head or body never holds a connection past its bound, an oversized head or one the parser cannot read
-is refused with problem+json, and a client that leaves mid-body is one log line."""
+head or body never holds a connection past its bound, nor does a client that stops taking its answer,
+an oversized head or one the parser cannot read is refused with problem+json, and a client that leaves
+mid-body is one log line."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -17,9 +19,10 @@ import pytest
 from service.app import create_app
 from service.cli import uvicorn_options
 from shared.config import Settings
-from tests.support import WRITE_TOKEN, serving
+from tests.reads.test_export import insert_orders
+from tests.support import WRITE_TOKEN, eventually, serving
 
-BOUND = 0.5  # HEADER_TIMEOUT and BODY_TIMEOUT here: small, so the file runs in seconds
+BOUND = 0.5  # HEADER_TIMEOUT, BODY_TIMEOUT and SEND_TIMEOUT here: small, so the file runs in seconds
 SLACK = 2.0  # a busy two-core machine may be late by this much, and no more
 MAX_HEADER_BYTES = 4096
 MAX_HEADERS = 20
@@ -34,6 +37,7 @@ def bounded(settings: Settings) -> Settings:
         settings,
         header_timeout=BOUND,
         body_timeout=BOUND,
+        send_timeout=BOUND,
         max_header_bytes=MAX_HEADER_BYTES,
         max_headers=MAX_HEADERS,
     )
@@ -278,3 +282,25 @@ async def test_a_client_leaving_mid_body_is_one_log_line_and_changes_nothing(
     assert [r.getMessage() for r in lines] == ["client closed the connection mid-body: POST /v1/customers"]
     assert lines[0].exc_info is None
     assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_an_answer_its_client_stops_taking_is_cut_after_the_send_timeout(
+    address: tuple[str, int], db: asyncpg.Connection, server_log: pytest.LogCaptureFixture
+) -> None:
+    """An export of megabytes to a client that reads none of it: once the socket's buffers are full,
+    the answer waits SEND_TIMEOUT for the client, then the connection is cut (the body ends without
+    its last chunk); uvicorn alone would wait for as long as the client likes."""
+    await insert_orders(db, 50_000)  # about 9 MB of NDJSON: past what the sockets' buffers hold
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the client's side holds little
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, address)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(request_head("GET", "/v1/exports/orders"))
+        await eventually(lambda: any("SEND_TIMEOUT" in r.getMessage() for r in server_log.records), within=30)
+        received = await until_closed(reader, SLACK)
+    finally:
+        writer.close()
+    assert status(received) == 200
+    assert not received.endswith(b"0\r\n\r\n"), "the export was cut, not completed"
