@@ -92,7 +92,8 @@ class Replicas:
         """The primary's read pool (unreachable, it stops start-up), a pool per replica (unreachable,
         the replica starts out of service and the monitor retries), and the monitor, after a first round."""
         size = settings.read_primary_pool_max_size
-        primary = Database(asyncpg_dsn(settings.write_url), PRIMARY, min(settings.read_pool_min_size, size), size)
+        dsn = asyncpg_dsn(settings.read_primary_url)
+        primary = Database(dsn, PRIMARY, min(settings.read_pool_min_size, size), size)
         pool = await ReadPool.open(settings, primary)
         replicas = cls(pool, [Replica(n, url, settings) for n, url in enumerate(urls, 1)], settings, schema_head)
         try:

@@ -399,6 +399,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
         return _require(self.read_database_url or self.database_url, "READ_DATABASE_URL or DATABASE_URL")
 
     @property
+    def read_primary_url(self) -> str:
+        """Where the read side's own pool on the primary connects, beside its replicas: the primary
+        as the write URL names it (WRITE_DATABASE_URL or DATABASE_URL), as the role READ_DATABASE_URL
+        names, when it names one. Replicas replay the primary's roles, so the read role is there too;
+        the write role would hold the write side's session defaults, which PgBouncer's check refuses."""
+        primary = urlsplit(self.write_url)
+        credentials, at, _ = urlsplit(self.read_database_url or "").netloc.rpartition("@")
+        if not at:
+            return self.write_url
+        return urlunsplit(primary._replace(netloc=f"{credentials}@{primary.netloc.rpartition('@')[2]}"))
+
+    @property
     def read_host_urls(self) -> list[str]:
         """READ_DATABASE_URL with one host each: a libpq multi-host URL names several (replicas)."""
         return [] if self.read_database_url is None else split_hosts(self.read_database_url)

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -27,11 +27,14 @@ import sqlalchemy.exc
 from sqlalchemy import text
 from starlette.applications import Starlette
 
+from reads.balancing import Replicas
 from service.app import create_app
 from shared.config import Settings
+from shared.consistency import HEADER
 from shared.roles import READ_ROLE, WRITE_ROLE
 from testkit.processes import free_port
 from tests.processes import serve_env, serving_process, wait_ready
+from tests.replica import Standby
 from tests.support import AUTH, WRITE_TOKEN, running_client, serving
 from tests.test_events_live import clients_waiting, event_stream, next_event
 
@@ -299,3 +302,27 @@ async def test_commands_and_the_event_feed_work_through_pgbouncer(pgbouncer: Bou
     assert (streamed["type"], streamed["data"]) == ("order.placed", placed.json())
     logs = pgbouncer.log.read_text()
     assert not [line for line in logs.splitlines() if any(error in line for error in POOLING_ERRORS)]
+
+
+async def test_with_replicas_the_primarys_read_pool_goes_through_pgbouncer_as_the_read_role(
+    pgbouncer: Bouncer, database_url: str, standby: Standby
+) -> None:
+    """`--role all` behind PgBouncer with a replica: the read side's own pool on the primary (for the
+    queries no replica can answer) connects to the primary's address as the role READ_DATABASE_URL
+    names, so PgBouncer's check of the read session holds; as the write role it refused to start."""
+    await asyncio.to_thread(standby.wait_caught_up, database_url)  # the roles are there too
+    replica = urlsplit(standby.url(pgbouncer.database))
+    reader = f"{READ_ROLE}:{pgbouncer.passwords[READ_ROLE]}"
+    as_reader = replica._replace(netloc=f"{reader}@{replica.hostname}:{replica.port}")
+    settings = msgspec.structs.replace(pgbouncer.settings(), read_database_url=urlunsplit(as_reader))
+    app = create_app(settings)
+    async with running_client(app) as client:
+        reads = app.state.resources.pools["reads"]
+        assert isinstance(reads, Replicas)
+        async with reads.primary.connection() as connection:
+            assert await connection.fetchval("SELECT current_user") == READ_ROLE
+        created = await client.post("/v1/customers", json={"email": "rp@example.com", "name": "R"}, headers=AUTH)
+        assert created.status_code == 201, created.text
+        # Its token sends the read to the primary if the replica has not replayed the command yet.
+        read = await client.get(f"/v1/customers/{created.json()['id']}", headers={HEADER: created.headers[HEADER]})
+        assert read.status_code == 200, read.text
