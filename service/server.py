@@ -23,7 +23,7 @@ from http import HTTPStatus
 from typing import Any
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from shared.dto import Problem
@@ -101,6 +101,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.refused = False
         # Armed while the transport's buffer is over its high-water mark: the client takes nothing.
         self.send_deadline = Deadline(self._send_timed_out)
+        # Requests still running when a later one on the connection was parsed (pipelining).
+        self.overtaken: list[RequestResponseCycle] = []
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -109,6 +111,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.head_deadline.stop()
         self.send_deadline.stop()
+        # uvicorn tells only the connection's last request that the client left: with requests
+        # pipelined, the one running would wait on (a long-poll its whole wait) and then write to a
+        # closed transport, which the app logs as a 500. Each request still running is told.
+        for cycle in self.overtaken:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self.overtaken.clear()
         super().connection_lost(exc)
 
     # uvicorn waits for a full buffer to drain for as long as it takes: a client that stops reading
@@ -157,7 +167,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_deadline.stop()
         problem = self._head_problem()
         if problem is None:
+            running = self.cycle
             super().on_headers_complete()
+            if running is not None and running is not self.cycle and not running.response_complete:
+                self.overtaken = [cycle for cycle in self.overtaken if not cycle.response_complete]
+                self.overtaken.append(running)
         else:
             self._refuse(problem)
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
 
@@ -21,6 +22,7 @@ from service.cli import uvicorn_options
 from shared.config import Settings
 from tests.reads.test_export import insert_orders
 from tests.support import WRITE_TOKEN, eventually, serving
+from tests.test_events_live import clients_waiting
 
 BOUND = 0.5  # HEADER_TIMEOUT, BODY_TIMEOUT and SEND_TIMEOUT here: small, so the file runs in seconds
 SLACK = 2.0  # a busy two-core machine may be late by this much, and no more
@@ -304,3 +306,20 @@ async def test_an_answer_its_client_stops_taking_is_cut_after_the_send_timeout(
         writer.close()
     assert status(received) == 200
     assert not received.endswith(b"0\r\n\r\n"), "the export was cut, not completed"
+
+
+async def test_a_client_that_leaves_with_requests_pipelined_ends_the_one_running_too(
+    address: tuple[str, int], server_log: pytest.LogCaptureFixture
+) -> None:
+    """Two long-polls pipelined on one connection, then the client goes: the one running stops
+    waiting at once (uvicorn told only the queued one) and nothing is logged as a 500."""
+    url = f"http://{address[0]}:{address[1]}"
+    async with httpx.AsyncClient(base_url=url) as http:
+        after = (await http.get("/v1/events")).json()["next_cursor"]
+        poll = request_head("GET", f"/v1/events?after={after}&wait=20")
+        async with connected(address) as (_, writer):
+            writer.write(poll + poll)
+            await writer.drain()
+            await clients_waiting(http, "long-poll", 1)
+        await clients_waiting(http, "long-poll", 0)
+    assert not [r.getMessage() for r in server_log.records if r.levelname == "ERROR"]
