@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import time
+from collections import Counter
 from datetime import UTC, datetime
 
 import asyncpg
@@ -284,3 +288,59 @@ async def test_an_import_under_way_does_not_hold_up_changes_to_its_products(
     assert restock.status_code == 200, restock.text
     assert restock.json()["stock"] == 3
     assert imported.status_code == 200, imported.text
+
+
+WHEN = "2026-11-02T10:00:00Z"
+
+
+async def test_places_racing_imports_on_the_same_products_never_deadlock(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Places on a few products while imports of orders of the same products run: the imports' rows
+    share-lock the products (their foreign keys), and a place that locks its products in id order
+    must then not deadlock with another (each deadlock also costs its commands a second's wait)."""
+    roomy = msgspec.structs.replace(settings, write_pool_max_waiting=64)
+    before = await deadlocks(db)
+    async with running_client(create_app(roomy)) as client:
+        customers = [await new_customer(client, f"race{n}@example.com") for n in range(3)]
+        products = [await new_product(client, f"RACE-{n}", stock=10**8) for n in range(3)]
+        rng = random.Random(7)  # noqa: S311 - test data, not a secret
+
+        def order() -> str:
+            items = [{"product_id": p, "quantity": 1, "unit_price_cents": 10} for p in rng.sample(products, 2)]
+            customer = rng.choice(customers)
+            return json.dumps({"customer_id": customer, "status": "paid", "created_at": WHEN, "items": items})
+
+        def lines(count: int) -> bytes:
+            return "".join(order() + "\n" for _ in range(count)).encode()
+
+        deadline = time.monotonic() + 6.0
+        statuses: Counter[int] = Counter()
+
+        async def placing() -> None:
+            while time.monotonic() < deadline:
+                items = [{"product_id": p, "quantity": 1} for p in rng.sample(products, rng.randint(1, 3))]
+                body = {"customer_id": rng.choice(customers), "items": items}
+                statuses[(await client.post("/v1/orders", json=body, headers=AUTH)).status_code] += 1
+
+        async def importing() -> None:
+            while time.monotonic() < deadline:
+                headers = {**AUTH, "Content-Type": "application/x-ndjson"}
+                statuses[(await client.post("/v1/orders/import", content=lines(300), headers=headers)).status_code] += 1
+
+        async with asyncio.timeout(60), asyncio.TaskGroup() as load:
+            for _ in range(6):
+                load.create_task(placing())
+            for _ in range(2):
+                load.create_task(importing())
+    # The app's connections are closed: each backend reported its statistics as it ended.
+    found = await deadlocks(db) - before
+    assert set(statuses) == {200, 201}, statuses
+    assert found == 0, f"{found} deadlocks in {sum(statuses.values())} commands"
+
+
+async def deadlocks(db: asyncpg.Connection) -> int:
+    """The deadlocks PostgreSQL has detected in this database, as its ended backends reported them."""
+    await db.execute("SELECT pg_stat_clear_snapshot()")
+    found: int = await db.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+    return found

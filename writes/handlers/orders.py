@@ -132,29 +132,35 @@ class Taken(NamedTuple):
     now: datetime
 
 
-# Moves stock by a delta per product in one round trip, taken (< 0) or returned (> 0): the products
-# are locked in id order first (the MATERIALIZED CTE runs whole before the UPDATE), so two commands
-# sharing products queue behind each other instead of deadlocking, and the conditional UPDATE
-# itself, which re-reads a row changed since the statement began, never takes a stock below zero.
+# Moves stock by a delta per product, taken (< 0) or returned (> 0), in two statements. The first
+# locks the products in id order, so two commands sharing products queue behind each other instead
+# of deadlocking. The second, the conditional UPDATE, then reads the very versions this transaction
+# holds (its own statement, so its own snapshot) and never takes a stock below zero. In one
+# statement (the lock a MATERIALIZED CTE of the UPDATE), the UPDATE read the versions its snapshot
+# had, older than the ones locked when a command had changed them meanwhile, and went back along
+# their updates, in no set order, to the ones it held: with an import's rows share-locking the same
+# products (their foreign keys), that took tuple locks out of id order, and places deadlocked (six
+# in 143 commands in ``tests/writes/test_imports.py``, each costing a second of deadlock_timeout).
 # FOR NO KEY UPDATE: the key is not changed, so foreign-key checks and an import's FOR KEY SHARE on
 # the same rows go on. A product that is short, or unknown, matches no row and is not returned.
 # Placing an order names its customer, whose columns come back on every row (the order's view shows
 # them), with the new order's id drawn from its identity and the transaction's now(), the column
-# defaults the order's INSERT would otherwise return: one round trip instead of two. An unknown
-# customer moves nothing; a cancel names none, and draws no id.
+# defaults the order's INSERT would otherwise return. An unknown customer moves nothing; a cancel
+# names none, and draws no id.
+LOCK_PRODUCTS = OnDriver(
+    text("SELECT id FROM products WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE").bindparams(
+        bindparam("ids", type_=ARRAY(BigInteger))
+    )
+)
 MOVE_STOCK = OnDriver(
     text("""
     WITH customer AS MATERIALIZED (
         SELECT email, name, nextval(pg_get_serial_sequence('orders', 'id')) AS order_id, now() AS now
           FROM customers WHERE id = :customer_id
-    ),
-    locked AS MATERIALIZED (
-        SELECT id FROM products WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE
     )
     UPDATE products AS p
        SET stock = p.stock + d.delta, version = p.version + 1, updated_at = now()
-      FROM locked JOIN unnest(:ids, :deltas) AS d (id, delta) ON d.id = locked.id
-           LEFT JOIN customer ON true
+      FROM unnest(:ids, :deltas) AS d (id, delta) LEFT JOIN customer ON true
      WHERE p.id = d.id AND p.stock + d.delta >= 0 AND (:customer_id IS NULL OR customer.email IS NOT NULL)
     RETURNING p.id, p.sku, p.name, p.price_cents, customer.email AS customer_email, customer.name AS customer_name,
               customer.order_id, customer.now
@@ -169,9 +175,11 @@ CUSTOMER_EXISTS = select(Customer.id).where(Customer.id == bindparam("customer_i
 
 
 async def moved_stock(session: AsyncSession, customer_id: int | None, deltas: dict[int, int]) -> list[Record]:
-    """Add each delta to its product's stock (``MOVE_STOCK``); the rows of the products it moved."""
-    parameters = {"customer_id": customer_id, "ids": list(deltas), "deltas": list(deltas.values())}
-    return await MOVE_STOCK.fetch(session, parameters)
+    """Add each delta to its product's stock (``LOCK_PRODUCTS``, then ``MOVE_STOCK``); the rows of the
+    products it moved."""
+    ids = list(deltas)
+    await LOCK_PRODUCTS.execute(session, {"ids": ids})
+    return await MOVE_STOCK.fetch(session, {"customer_id": customer_id, "ids": ids, "deltas": list(deltas.values())})
 
 
 async def take_stock(session: AsyncSession, customer_id: int, wanted: dict[int, int]) -> Taken:
