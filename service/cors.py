@@ -3,8 +3,10 @@ CORSMiddleware). Unset, nothing is installed: no header is added and no request 
 
 from __future__ import annotations
 
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Message, Send
 
 from shared.config import Settings
 
@@ -41,7 +43,7 @@ def cors(settings: Settings) -> list[Middleware]:
         return []
     return [
         Middleware(
-            CORSMiddleware,
+            OwnOriginsCORS,
             allow_origins=settings.cors_allow_origins,
             allow_methods=ALLOWED_METHODS,
             allow_headers=ALLOWED_HEADERS,
@@ -50,3 +52,18 @@ def cors(settings: Settings) -> list[Middleware]:
             max_age=PREFLIGHT_MAX_AGE,
         )
     ]
+
+
+class OwnOriginsCORS(CORSMiddleware):
+    """Starlette's CORSMiddleware, whose answers to another origin carry no CORS header but
+    ``Vary: Origin``: it listed the exposed headers to every origin (harmless without
+    ``Access-Control-Allow-Origin``, but the page of another origin is told nothing at all)."""
+
+    async def send(self, message: Message, send: Send, request_headers: Headers) -> None:
+        origin = request_headers.get("Origin")
+        if message["type"] == "http.response.start" and origin is not None and not self.is_allowed_origin(origin):
+            message.setdefault("headers", [])
+            MutableHeaders(scope=message).add_vary_header("Origin")
+            await send(message)
+            return
+        await super().send(message, send, request_headers)
