@@ -55,9 +55,9 @@ def cors(settings: Settings) -> list[Middleware]:
 
 
 class OwnOriginsCORS(CORSMiddleware):
-    """Starlette's CORSMiddleware, whose answers to another origin carry no CORS header but
-    ``Vary: Origin``: it listed the exposed headers to every origin (harmless without
-    ``Access-Control-Allow-Origin``, but the page of another origin is told nothing at all)."""
+    """Starlette's CORSMiddleware, except that an answer to another origin carries no CORS header,
+    only ``Vary: Origin``. Starlette listed the exposed headers to every origin: harmless without
+    ``Access-Control-Allow-Origin``, but not what docs/http.md says of another origin's answers."""
 
     async def send(self, message: Message, send: Send, request_headers: Headers) -> None:
         origin = request_headers.get("Origin")
