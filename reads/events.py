@@ -270,14 +270,16 @@ _WATCHES: WeakKeyDictionary[ReadPool, HeadWatch] = WeakKeyDictionary()
 
 def head_watch(request: Request) -> tuple[HeadWatch, ReadPool]:
     """This process's watch, on the primary's read pool (the first client to wait makes it)."""
-    pool = resources(request).pools["reads"]
+    found = resources(request)
+    pool = found.pools["reads"]
     primary = pool.primary if isinstance(pool, Replicas) else pool
     assert isinstance(primary, ReadPool)
     watch = _WATCHES.get(primary)
     if watch is None:
-        # Half the primary's connections at most: the other half stays free for every other query.
-        rereads = max(1, primary.gate.capacity // 2)
-        found = resources(request)
+        # Half a read pool's connections (READ_POOL_MAX_SIZE, a replica's too) at most: the other
+        # half stays free for every other query. Not the primary's own pool beside replicas, which
+        # is smaller (READ_PRIMARY_POOL_MAX_SIZE) and not the one a woken client usually reads.
+        rereads = max(1, found.settings.read_pool_max_size // 2)
         watch = _WATCHES[primary] = HeadWatch(found.settings.events_poll_ms / 1000, rereads, found.draining)
     return watch, primary
 

@@ -31,7 +31,7 @@ from shared.errors import ApiError, MethodNotAllowed, NotFound
 from shared.http import ProblemResponse, problem_response
 from shared.openapi import build_openapi, operation
 from shared.paths import by_path, template
-from shared.sides import Degradable, Pool, Resources, Side, SideName, resources
+from shared.sides import STATE_KEY, Degradable, Pool, Resources, Side, SideName, resources
 
 VERSION = "0.1.0"
 
@@ -76,7 +76,7 @@ def create_app(
             app.state.resources = resources
             if freeze_heap:
                 freeze_startup_heap()
-            yield {"resources": resources}
+            yield {STATE_KEY: resources}
 
     @operation("The OpenAPI 3.1 document of every route", tag="operations", responses={200: None})
     async def openapi_json(request: Request) -> Response:

@@ -38,7 +38,7 @@ from shared.metrics import (
 )
 from shared.openapi import operation
 from shared.paths import route_template
-from shared.sides import Pool, Resources
+from shared.sides import Pool, resources_in
 
 # A path no route matched is one label, never the raw path, so a scanner cannot grow the series.
 UNMATCHED = "unmatched"
@@ -50,7 +50,7 @@ OTHER_METHOD = "other"
 def _pools(scope: Scope) -> Iterable[Pool]:
     """The pools of this process, from the lifespan state (which the server also copies into
     every request's scope)."""
-    resources: Resources | None = scope.get("state", {}).get("resources")
+    resources = resources_in(scope.get("state", {}))
     return () if resources is None else resources.pools.values()
 
 

@@ -29,7 +29,7 @@ from uvicorn.server import ServerState
 from shared.dto import Problem
 from shared.errors import ApiError, HeadersTooLarge, MalformedRequest, problem_kind
 from shared.http import ENCODER
-from shared.sides import Resources
+from shared.sides import resources_in
 
 log = logging.getLogger("orders_api.http")
 
@@ -154,8 +154,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # then waits SHUTDOWN_TIMEOUT for the requests in flight. A long-poll or an event stream
         # would wait on for events until then and be cut with a 500: told, they answer what they
         # have now (``shared.sides.Resources.draining``).
-        resources = self.app_state.get("resources")
-        if isinstance(resources, Resources):
+        resources = resources_in(self.app_state)
+        if resources is not None:
             resources.draining.set()
         super().shutdown()
 

@@ -75,6 +75,16 @@ class Resources:
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+STATE_KEY = "resources"  # where the lifespan's state (scope["state"], request.state) holds them
+
+
+def resources_in(state: Mapping[str, object]) -> Resources | None:
+    """The ``Resources`` in a lifespan state (a scope's, or the server's ``app_state``), if any:
+    for what runs outside a request's endpoint (a middleware, the HTTP protocol)."""
+    found = state.get(STATE_KEY)
+    return found if isinstance(found, Resources) else None
+
+
 def resources(request: Request) -> Resources:
     found = request.state.resources
     assert isinstance(found, Resources), "the app's lifespan is not running"

@@ -333,10 +333,22 @@ async def test_places_racing_imports_on_the_same_products_never_deadlock(
                 load.create_task(placing())
             for _ in range(2):
                 load.create_task(importing())
-    # The app's connections are closed: each backend reported its statistics as it ended.
+    # Each backend reports its statistics as it ends: count once the app's are all gone.
+    for _ in range(200):  # 10 s at most
+        await db.execute("SELECT pg_stat_clear_snapshot()")
+        if not await db.fetchval(APP_BACKENDS):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the app's connections were still open 10 s after it stopped")
     found = await deadlocks(db) - before
     assert set(statuses) == {200, 201}, statuses
     assert found == 0, f"{found} deadlocks in {sum(statuses.values())} commands"
+
+
+APP_BACKENDS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'orders-api:%'"
+)
 
 
 async def deadlocks(db: asyncpg.Connection) -> int:
