@@ -86,6 +86,8 @@ def resources_in(state: Mapping[str, object]) -> Resources | None:
 
 
 def resources(request: Request) -> Resources:
-    found = request.state.resources
-    assert isinstance(found, Resources), "the app's lifespan is not running"
+    # Read from the scope's state, not through ``request.state``: that builds a ``State`` wrapper
+    # for each request and looks the key up through its ``__getattr__``, on every query twice.
+    found = resources_in(request.scope.get("state", {}))
+    assert found is not None, "the app's lifespan is not running"
     return found
