@@ -10,6 +10,7 @@ With streaming replicas there is one ``ReadPool`` per replica and one on the pri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,8 @@ from shared.slowlog import SlowStatements
 T = TypeVar("T")
 
 log = logging.getLogger("orders_api.database")
+
+CLOSE_WITHIN = 5.0  # seconds a closing pool waits for a connection still taken (``ReadPool.close``)
 
 
 class Reader(Protocol):
@@ -234,7 +237,17 @@ class ReadPool:
         return revision
 
     async def close(self) -> None:
-        await self.pool.close()
+        """Close every connection. One still taken is waited for ``CLOSE_WITHIN`` seconds at most,
+        then cut: a shutdown cancels the requests left after SHUTDOWN_TIMEOUT, and each gives its
+        connection back as it ends, so only a connection lost to a bug could hold the close up, and
+        the process must stop all the same (asyncpg's ``Pool.close`` waits for ever)."""
+        try:
+            async with asyncio.timeout(CLOSE_WITHIN):
+                await self.pool.close()
+        except TimeoutError:
+            # asyncpg terminates every connection when its close is cancelled; said here once more.
+            self.pool.terminate()
+            log.warning("%s: a connection was still taken %s s into closing: all cut", self.names.pool, CLOSE_WITHIN)
 
     def size(self) -> int:
         size: int = self.pool.get_size()

@@ -108,7 +108,11 @@ class OrderLine(Command):
 
 class PlaceOrder(Command):
     customer_id: Id
-    items: Annotated[list[OrderLine], Meta(min_length=1, max_length=100)]
+    # JSON Schema cannot say "unique by product_id"; the description says it, and the handler refuses it.
+    items: Annotated[
+        list[OrderLine],
+        Meta(min_length=1, max_length=100, description="A product on one line only: a repeated product_id is a 422."),
+    ]
 
 
 class ImportedLine(Command):

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
@@ -77,9 +78,23 @@ async def accept_json(request: Request, type_: type[T]) -> Incoming[T]:
     )
 
 
+class NoFields(msgspec.Struct, forbid_unknown_fields=True):
+    """A transition's body, when one is sent: an object without fields (``{}``)."""
+
+
 async def accept_empty(request: Request) -> Incoming[None]:
-    """Transitions take no body; one that is sent is read (within the limit) and ignored."""
-    return await accept(request, lambda body: None, limit=resources(request).settings.max_body_bytes)
+    """Transitions take no body. One that is sent is held to every command body's rules: JSON (else
+    a 415), and an object without fields, ``{}`` (malformed JSON is a 400, an unknown field a 422)."""
+    json = is_json(request)
+
+    def no_fields(body: bytes) -> None:
+        if not body:
+            return
+        if not json:
+            raise NotJson("Content-Type must be application/json")
+        decode_json(body, NoFields)
+
+    return await accept(request, no_fields, limit=resources(request).settings.max_body_bytes)
 
 
 async def execute(

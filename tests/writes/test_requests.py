@@ -94,6 +94,35 @@ async def test_a_body_that_is_not_json_is_415(client: httpx.AsyncClient, db: asy
     assert await db.fetchval("SELECT count(*) FROM customers") == 0
 
 
+@pytest.mark.parametrize("transition", ["pay", "cancel"])
+async def test_a_transition_takes_no_body_or_an_empty_object_and_refuses_any_other(
+    client: httpx.AsyncClient, db: asyncpg.Connection, transition: str
+) -> None:
+    # A transition has no fields: a body sent anyway keeps every command body's rules (415, 400, 422).
+    customer_id = await new_customer(client)
+    product_id = await new_product(client)
+    order = await new_order(client, customer_id, (product_id, 1))
+    path = f"/v1/orders/{order['id']}/{transition}"
+    before = await snapshot(db)
+    refused = [
+        ("text/plain", b"garbage", 415),
+        ("text/plain", b"{}", 415),
+        ("application/json", b"{", 400),
+        ("application/json", b'{"x": 1}', 422),
+        ("application/json", b"[]", 422),
+        ("application/json", b"null", 422),
+    ]
+    for content_type, body, status in refused:
+        response = await client.post(path, content=body, headers={**AUTH, "Content-Type": content_type})
+        assert_problem(response, status)
+    assert await snapshot(db) == before
+
+    empty = await client.post(path, content=b"{}", headers={**AUTH, "Content-Type": "application/json"})
+    assert empty.status_code == 200, empty.text
+    again = await client.post(path, headers={**AUTH, "Content-Type": "text/plain"})  # no body: any type
+    assert again.status_code == 409, again.text  # ran, and found the order moved on
+
+
 async def test_a_body_over_max_body_bytes_is_413(settings: Settings, db: asyncpg.Connection) -> None:
     app = create_app(msgspec.structs.replace(settings, max_body_bytes=64))
     async with running_client(app) as client:
