@@ -23,7 +23,7 @@ from service.cors import cors
 from service.heap import freeze_startup_heap
 from service.logs import RequestLog
 from service.metrics import RequestMetrics, metrics, publishing_sizes
-from service.schema import head_revision
+from service.schema import head_revision, schema_advice
 from service.tracing import Tracing
 from shared.config import ConfigError, Settings
 from shared.dto import Problem
@@ -221,6 +221,5 @@ async def _check(pool: Pool, head: str | None) -> str | None:
         log.exception("%s: readiness probe failed", name)
         return f"{name}: unexpected failure (the log has it)"
     if revision != head:
-        found = "not migrated" if revision is None else f"at {revision}"
-        return f"{name}: schema {found}, head is {head}: run `orders-api migrate`"
+        return f"{name}: {schema_advice(revision, head)}"
     return None

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import click
 import msgspec
+import sqlalchemy.exc
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
@@ -25,7 +26,7 @@ from service.app import SIDES_FOR_ROLE, ServeRole, create_app, require_query_acc
 from service.logs import configure_logging
 from service.metrics import multiprocess_directory
 from service.reference.configuration import configuration_markdown, effective_report
-from service.schema import current_revision, head_revision, upgrade_to_head
+from service.schema import current_revision, head_revision, is_known, schema_advice, upgrade_to_head
 from service.server import HeadBounds
 from service.tracing import from_environment, requested
 from shared.config import ConfigError, Settings, asyncpg_dsn
@@ -191,15 +192,17 @@ def serving_app(settings: Settings, role: ServeRole) -> Starlette:
 
 def require_schema_at_head(settings: Settings) -> None:
     head = head_revision()
-    try:
-        revision = asyncio.run(current_revision(asyncpg_dsn(settings.write_url)))
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise click.ClickException(f"cannot reach the database at DATABASE_URL: {exc}") from None
+    revision = schema_revision(settings)
     if revision != head:
-        found = "no schema" if revision is None else f"schema revision {revision}"
-        raise click.ClickException(
-            f"the database has {found}, but this release needs {head}: run `orders-api migrate` first"
-        )
+        raise click.ClickException(f"the database's {schema_advice(revision, head)}")
+
+
+def schema_revision(settings: Settings) -> str | None:
+    """The database's migration revision (None: never migrated), or one line on why it cannot be read."""
+    try:
+        return asyncio.run(current_revision(asyncpg_dsn(settings.write_url)))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise click.ClickException(f"cannot connect to the database at DATABASE_URL: {exc}") from None
 
 
 @main.command()
@@ -207,8 +210,18 @@ def require_schema_at_head(settings: Settings) -> None:
 def migrate(data_dir: Path | None) -> None:
     """Upgrade the database schema to the migration head."""
     settings, _server = with_database(load_settings(), data_dir)
-    upgrade_to_head(settings.write_url)
-    click.echo(f"schema is at head ({head_revision()})")
+    head = head_revision()
+    revision = schema_revision(settings)  # one line for an unreachable database, before Alembic's tracebacks
+    if revision is not None and not is_known(revision):
+        raise click.ClickException(f"the database's {schema_advice(revision, head)}")
+    try:
+        upgrade_to_head(settings.write_url)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, sqlalchemy.exc.DBAPIError) as exc:
+        # A failure after connecting (a lost connection, a migration's statement refused): its cause
+        # on one line. The schema is where the last migration that committed left it.
+        cause = getattr(exc, "orig", None) or exc
+        raise click.ClickException(f"migrating failed: {type(cause).__name__}: {str(cause).splitlines()[0]}") from None
+    click.echo(f"schema is at head ({head})")
 
 
 def require_session_settings(settings: Settings, sides: Sequence[Side]) -> None:
@@ -293,7 +306,7 @@ def fetch_server_limits(url: str) -> tuple[int, int, int]:
     try:
         return asyncio.run(server_limits(asyncpg_dsn(url)))
     except (OSError, asyncpg.PostgresError) as exc:
-        raise click.ClickException(f"cannot reach the database: {exc}") from None
+        raise click.ClickException(f"cannot connect to the database: {exc}") from None
 
 
 async def server_limits(dsn: str) -> tuple[int, int, int]:

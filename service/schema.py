@@ -24,10 +24,28 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("postgresql://unused/db"))
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config("postgresql://unused/db")).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None, "the migrations directory has no revisions"
     return head
+
+
+def is_known(revision: str) -> bool:
+    """Whether ``revision`` is one of this release's migrations. One it does not know was made by a
+    later release: no command of this one can bring the database to its head."""
+    return any(script.revision == revision for script in _scripts().walk_revisions())
+
+
+def schema_advice(revision: str | None, head: str) -> str:
+    """What to do about a database at ``revision`` when this release needs ``head``."""
+    if revision is not None and not is_known(revision):
+        return f"schema at {revision}, newer than this release (its head is {head}): run the release that migrated it"
+    found = "not migrated" if revision is None else f"at {revision}"
+    return f"schema {found}, head is {head}: run `orders-api migrate`"
 
 
 def upgrade_to_head(url: str) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,14 @@ EVENTS_ROUND_MS = 50
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
-Seconds = Annotated[float, Meta(gt=0)]
+# Every wait is bounded ("nothing waits unbounded"): `inf` or 1e300 would make a full pool hang its
+# clients, and a millisecond is the least wait that still means one. Ten minutes is the longest,
+# as for SHUTDOWN_TIMEOUT.
+Seconds = Annotated[float, Meta(ge=0.001, le=600)]
+# Counts and sizes a typo could make absurd (1e20 waiting requests, a 1 EB body): bounded far above
+# any real setting, so a wrong one stops start-up instead of meaning "no limit".
+Count = Annotated[int, Meta(ge=0, le=1_000_000)]
+Bytes = Annotated[int, Meta(ge=1, le=4 * 1024**3)]
 # PostgreSQL's statement_timeout is an int4 of milliseconds.
 TimeoutMs = Annotated[int, Meta(ge=0, le=2_147_483_647)]
 # Ten years: a longer TTL is a typo, and past datetime's range it would break every keyed command.
@@ -83,7 +91,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
         Seconds, Meta(description="Seconds a command waits for a write connection; then it gets a 503.")
     ] = 2.0
     write_pool_recycle: Annotated[
-        PositiveInt, Meta(description="Seconds a write connection is used before it is replaced.")
+        int, Meta(ge=1, le=7 * 86_400, description="Seconds a write connection is used before it is replaced.")
     ] = 1800
     write_pool_pre_ping: Annotated[
         bool,
@@ -97,7 +105,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
         Meta(description="statement_timeout of write connections, in ms (0: none); a statement past it is a 503."),
     ] = 5000
     write_pool_max_waiting: Annotated[
-        NonNegativeInt,
+        Count,
         Meta(
             description="Commands allowed to wait for a write connection; past it a command gets a 503 at once. "
             "Writes are CPU-bound in the ORM at ~100-200 a second per worker, so 10 waiting is at most about "
@@ -146,10 +154,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
         Seconds, Meta(description="Seconds a query waits for a read connection; then it gets a 503.")
     ] = 1.0
     read_pool_max_inactive_lifetime: Annotated[
-        float, Meta(ge=0, description="Seconds an idle read connection is kept before it is closed (0: for ever).")
+        float,
+        Meta(
+            ge=0,
+            le=7 * 86_400,
+            description="Seconds an idle read connection is kept before it is closed (0: for ever).",
+        ),
     ] = 300.0
     read_statement_cache_size: Annotated[
-        NonNegativeInt,
+        Count,
         Meta(description="Prepared statements asyncpg keeps per read connection (0: none; PGBOUNCER=true: none)."),
     ] = 256
     read_statement_timeout_ms: Annotated[
@@ -157,7 +170,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
         Meta(description="statement_timeout of read connections, in ms (0: none); a statement past it is a 503."),
     ] = 2000
     read_pool_max_waiting: Annotated[
-        NonNegativeInt,
+        Count,
         Meta(
             description="Queries allowed to wait for a read connection; past it a query gets a 503 at once. "
             "A read holds a connection for about a millisecond, so 100 waiting is a queue of tens of milliseconds; "
@@ -253,10 +266,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
         ),
     ] = 300
     max_body_bytes: Annotated[
-        PositiveInt, Meta(description="Largest command body, in bytes (1 MiB); a larger one is a 413.")
+        Bytes, Meta(description="Largest command body, in bytes (1 MiB); a larger one is a 413.")
     ] = 1 * MiB
     max_import_bytes: Annotated[
-        PositiveInt,
+        Bytes,
         Meta(description="Largest POST /v1/orders/import body, in bytes (64 MiB); a larger one is a 413."),
     ] = 64 * MiB
     # Slow or oversized requests (uvicorn bounds neither): a client that stalls its head or body
@@ -332,8 +345,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     access_log: Annotated[
         Literal["off", "text", "json"],
         Meta(
-            description="One line per request on stdout: json (one object a line, with route and X-Request-Id), "
-            "text (uvicorn's line) or off. JSON costs about 10 µs of server CPU a request, uvicorn's text line "
+            description="One line per request on stdout: json (one object a line, with route and X-Request-Id, "
+            "the path without its query string, which may hold personal data), text (uvicorn's line, query "
+            "string included) or off. JSON costs about 10 µs of server CPU a request, uvicorn's text line "
             "40-65 µs (a quarter of a read's CPU here), off nothing.",
         ),
     ] = "json"
@@ -416,11 +430,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
         return [] if self.read_database_url is None else split_hosts(self.read_database_url)
 
     @property
-    def write_sqlalchemy_url(self) -> str:
-        """The write URL in SQLAlchemy's form, for the asyncpg dialect."""
-        return sqlalchemy_url(self.write_url)
-
-    @property
     def read_dsn(self) -> str:
         """The read URL in the form asyncpg accepts (``postgresql://``)."""
         return asyncpg_dsn(self.read_url)
@@ -495,12 +504,25 @@ def _split_tokens(value: str) -> list[str]:
 
 
 def _name_variable(message: str) -> str:
-    # msgspec says "Expected `int`, got `str` - at `$.WRITE_POOL_SIZE`"; lead with the variable.
+    # msgspec says "Expected `int`, got `str` - at `$.WRITE_POOL_SIZE`"; lead with the variable. For a
+    # choice ("Invalid enum value 'JSON'") name the values it takes.
     text, sep, path = message.rpartition(" - at `$.")
     if not sep:
         return message
     variable = path.rstrip("`").split("[")[0].split(".")[0]
+    if text.startswith("Invalid enum value") and (choices := _choices(variable)):
+        text += f" (one of: {', '.join(map(str, choices))})"
     return f"{variable}: {text}"
+
+
+def _choices(variable: str) -> tuple[object, ...]:
+    """The values a setting that is a choice (a ``Literal``) takes; () for any other."""
+    for field in msgspec.inspect.type_info(Settings).fields:  # type: ignore[attr-defined]
+        if field.name == variable.lower():
+            kind = field.type.type if isinstance(field.type, msgspec.inspect.Metadata) else field.type
+            if isinstance(kind, msgspec.inspect.LiteralType):
+                return tuple(kind.values)
+    return ()
 
 
 def _require(value: str | None, what: str) -> str:

@@ -365,3 +365,21 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard_from_deploy(mo
     panels = json.loads(dashboards[0].read_text())["panels"]
     asked = {target["datasource"]["uid"] for panel in panels for target in panel.get("targets", [])}
     assert asked == {source["uid"]}
+
+
+# Settings the stack sets otherwise, or on purpose not at all.
+NOT_PASSED = {
+    "ORDERS_API_ROLE": "each service's --role sets it",
+    "WRITE_DATABASE_URL": "the writes service's DATABASE_URL is the write role's",
+    "READ_API_OPEN": "the stack's queries always need READ_API_TOKENS",
+    "READ_STATEMENT_CACHE_SIZE": "PGBOUNCER=true: no statement cache on either side",
+}
+
+
+def test_every_setting_reaches_the_services_that_read_it(stack: dict[str, Any]) -> None:
+    # An operator's .env must not silently do nothing: every variable of docs/configuration.md is
+    # passed through to writes or reads (both, for what both read), unless it is listed above.
+    found = services(stack)
+    passed = set(found["writes"]["environment"]) | set(found["reads"]["environment"])
+    missing = {name.upper() for name in Settings.__struct_fields__} - passed - set(NOT_PASSED)
+    assert not missing, f"compose.yaml passes none of {sorted(missing)}"

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import asyncpg
 from alembic import command
@@ -100,3 +104,21 @@ def test_the_migrations_build_the_models_indexes_exactly(database_url: str, empt
     migrated = asyncio.run(_indexes(database_url))
     migrated.pop("alembic_version_pkc")  # Alembic's own table
     assert migrated == asyncio.run(_indexes(empty_database))
+
+
+def test_alembic_from_a_checkout_connects_where_the_service_does(empty_database: str) -> None:
+    # docs/operating.md's way back (`alembic downgrade 0008`): alembic.ini names no URL, so
+    # migrations/env.py takes DATABASE_URL, as the service does.
+    upgrade_to_head(empty_database)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DATABASE_URL": empty_database}
+    env.pop("WRITE_DATABASE_URL", None)
+    env.pop("READ_DATABASE_URL", None)
+    down = subprocess.run(
+        [sys.executable, "-m", "alembic", "downgrade", "0008"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert down.returncode == 0, down.stderr
+    assert asyncio.run(current_revision(empty_database)) == "0008"
+    up = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=root, env=env, capture_output=True)
+    assert up.returncode == 0, up.stderr
+    assert asyncio.run(current_revision(empty_database)) == head_revision()

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 from starlette.requests import Request
 
-from shared.config import Settings
+from shared.config import Settings, asyncpg_dsn
 from shared.consistency import lsn_from_text
 from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
 from shared.errors import ApiError
@@ -61,25 +61,44 @@ def driver_connect_args(settings: Settings) -> dict[str, Any]:
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
-    """The engine's: the driver's, and unique names for the statements SQLAlchemy's dialect still
-    prepares behind PgBouncer."""
+    """The engine's: the driver's, and what SQLAlchemy's asyncpg adapter takes (its statement cache,
+    and unique names for the statements it still prepares behind PgBouncer)."""
     args = driver_connect_args(settings)
     if settings.pgbouncer:
+        args["prepared_statement_cache_size"] = 0
         args["prepared_statement_name_func"] = lambda: f"__orders_api_{uuid.uuid4().hex}__"
     return args
 
 
+def asyncpg_engine(url: str, connect: dict[str, Any], **engine: Any) -> AsyncEngine:
+    """An engine on SQLAlchemy's asyncpg dialect whose connections asyncpg opens from ``url`` itself.
+
+    SQLAlchemy's dialect would hand the URL's query to ``asyncpg.connect`` as keywords, and asyncpg
+    refuses libpq's (``sslmode=require``: a TypeError), so no URL could ask for TLS. asyncpg reads
+    them from the URL (``sslmode``, ``sslrootcert``, ``host=/socket/dir``...), as the read pool's
+    and every other connection's URL here already is. ``connect`` is ``asyncpg.connect``'s keywords
+    and the adapter's (``connect_args``)."""
+    dsn = asyncpg_dsn(url)
+
+    def creator() -> Any:
+        # SQLAlchemy's own async_creator, with the adapter's arguments passed along (as its docs say).
+        dbapi = created.sync_engine.dialect.dbapi
+        assert dbapi is not None
+        return dbapi.connect(dsn, async_creator_fn=asyncpg.connect, **connect)
+
+    # The URL names the dialect only: connections come from ``creator``.
+    created = create_async_engine("postgresql+asyncpg://", creator=creator, **engine)
+    return created
+
+
 def create_write_engine(settings: Settings) -> AsyncEngine:
-    url = settings.write_sqlalchemy_url
-    if settings.pgbouncer:
-        url += ("&" if "?" in url else "?") + "prepared_statement_cache_size=0"
-    engine = create_async_engine(
-        url,
+    engine = asyncpg_engine(
+        settings.write_url,
+        connect_args(settings),
         pool_size=settings.write_pool_size,
         max_overflow=settings.write_pool_max_overflow,
         pool_timeout=settings.write_pool_timeout,
         pool_recycle=settings.write_pool_recycle,
-        connect_args=connect_args(settings),
     )
     if settings.write_pool_pre_ping:
         event.listen(engine.sync_engine, "checkout", _ping)
@@ -351,16 +370,21 @@ async def in_batches(
 
 
 async def periodically(every: float, work: Callable[[], Awaitable[object]], what: str) -> None:
-    """``work`` every ``every`` seconds, for as long as the pool is open (its ``close`` cancels the
-    task this runs in, ``WritePool.keep_running``)."""
+    """``work`` now, then every ``every`` seconds, for as long as the pool is open (its ``close``
+    cancels the task this runs in, ``WritePool.keep_running``). The first round runs as the process
+    starts: what it publishes (the oldest event's age) is there from the first scrape."""
     while True:
-        await asyncio.sleep(every)
         try:
             await work()
         except ApiError as exc:
             # A busy pool or an absent database: the commands come first, and the next round does
             # what this one left.
             log.warning("%s skipped this round: %s", what, exc)
+        except DBAPIError as exc:
+            # The database refused the statement: a schema not at this release's head (migrated down
+            # under a running process; /readyz says so). Said every round, and the next one tries again.
+            log.warning("%s failed this round: %s", what, str(exc.orig).splitlines()[0])
+        await asyncio.sleep(every)
 
 
 def write_pool(request: Request) -> WritePool:

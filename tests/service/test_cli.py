@@ -41,6 +41,34 @@ def test_migrate_brings_the_schema_to_head_so_serve_accepts_it(empty_database: s
     require_schema_at_head(Settings(database_url=empty_database))
 
 
+def test_a_schema_newer_than_this_release_names_no_command_of_this_release(empty_database: str) -> None:
+    # A later release migrated the database: `orders-api migrate` of this one cannot fix that.
+    assert invoke("migrate", env={"DATABASE_URL": empty_database})[0] == 0
+
+    async def set_revision(revision: str) -> None:
+        connection = await asyncpg.connect(asyncpg_dsn(empty_database))
+        try:
+            await connection.execute("UPDATE alembic_version SET version_num = $1", revision)
+        finally:
+            await connection.close()
+
+    asyncio.run(set_revision("9999_from_a_later_release"))
+    for command in ("serve", "migrate"):
+        code, output = invoke(command, env={"DATABASE_URL": empty_database, "READ_API_OPEN": "true"})
+        assert code == 1, output
+        assert "9999_from_a_later_release, newer than this release" in output, output
+        assert "run the release that migrated it" in output
+        assert "Traceback" not in output
+    asyncio.run(set_revision(head_revision()))
+
+
+def test_migrate_against_an_unreachable_database_says_so_in_one_line() -> None:
+    code, output = invoke("migrate", env={"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db"})
+    assert code == 1
+    assert output.startswith("Error: cannot connect to the database at DATABASE_URL:"), output
+    assert len(output.strip().splitlines()) == 1, output
+
+
 def test_the_uvicorn_options_survive_the_pickling_that_workers_need() -> None:
     # With --workers, uvicorn hands its config to each process by pickling it (multiprocessing spawn).
     options = uvicorn_options(Settings(header_timeout=1.5, max_header_bytes=8192, max_headers=50))

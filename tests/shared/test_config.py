@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from shared.config import ConfigError, Settings
+from shared.config import ConfigError, Settings, asyncpg_dsn
 
 
 def test_defaults_match_the_configuration_table() -> None:
@@ -67,6 +67,16 @@ def test_values_are_typed_from_strings() -> None:
         ("IDEMPOTENCY_TTL", "99999999999999999999"),
         ("WRITE_STATEMENT_TIMEOUT_MS", "99999999999"),
         ("READ_STATEMENT_TIMEOUT_MS", "2147483648"),
+        # "Nothing waits unbounded": inf, 1e300 or a limit of 1e20 would mean none at all.
+        ("WRITE_POOL_TIMEOUT", "inf"),
+        ("READ_POOL_ACQUIRE_TIMEOUT", "1e300"),
+        ("READ_EXPORT_WAIT", "1e-300"),
+        ("WRITE_POOL_MAX_WAITING", "100000000000000000000"),
+        ("READ_POOL_MAX_WAITING", "1000001"),
+        ("READ_STATEMENT_CACHE_SIZE", "100000000000000000000"),
+        ("MAX_BODY_BYTES", "100000000000000000000"),
+        ("WRITE_POOL_RECYCLE", "100000000000000000000"),
+        ("READ_POOL_MAX_INACTIVE_LIFETIME", "inf"),
     ],
 )
 def test_an_invalid_value_is_refused_naming_the_variable(variable: str, value: str) -> None:
@@ -86,7 +96,7 @@ def test_one_side_url_without_the_other_is_refused() -> None:
 
 def test_database_url_is_derived_for_each_driver() -> None:
     settings = Settings.from_env({"DATABASE_URL": "postgres://u:p@db.example:5433/orders?sslmode=require"})
-    assert settings.write_sqlalchemy_url == "postgresql+asyncpg://u:p@db.example:5433/orders?sslmode=require"
+    assert asyncpg_dsn(settings.write_url) == "postgresql://u:p@db.example:5433/orders?sslmode=require"
     assert settings.read_dsn == "postgresql://u:p@db.example:5433/orders?sslmode=require"
     assert not settings.is_embedded
 
@@ -150,3 +160,8 @@ def test_read_api_open_is_a_setting_of_its_own(caplog: pytest.LogCaptureFixture)
 def test_read_api_open_and_read_api_tokens_together_are_refused_naming_both() -> None:
     with pytest.raises(ConfigError, match=r"READ_API_TOKENS.*READ_API_OPEN"):
         Settings.from_env({"READ_API_TOKENS": "reader", "READ_API_OPEN": "true"})
+
+
+def test_a_choice_refused_lists_the_values_it_takes() -> None:
+    with pytest.raises(ConfigError, match=r"ACCESS_LOG: .*'JSON' \(one of: json, off, text\)"):
+        Settings.from_env({"ACCESS_LOG": "JSON"})

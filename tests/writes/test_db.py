@@ -12,13 +12,17 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import msgspec
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import writes.db
+from service.app import create_app
+from service.schema import current_revision, head_revision, upgrade_to_head
 from shared.config import Settings
 from shared.dto import OrderLine, PlaceOrder
 from shared.errors import DatabaseUnavailable, ServiceUnavailable
+from tests.support import AUTH, running_client
 from writes.db import WritePool, create_write_engine
 from writes.handlers.orders import place_order
 from writes.models import Product
@@ -209,3 +213,35 @@ async def test_a_connection_lost_before_a_command_on_the_driver_begins_is_databa
             await pool.run(partial(place_order, command))
     finally:
         await pool.close()
+
+
+def with_parameter(url: str, parameter: str) -> str:
+    return url + ("&" if "?" in url else "?") + parameter
+
+
+async def test_libpq_parameters_in_the_url_reach_every_connection(settings: Settings) -> None:
+    # SQLAlchemy's dialect handed the URL's query to asyncpg.connect as keywords, and sslmode was a
+    # TypeError at the first command: no URL could ask for TLS. Each connection reads it from the URL.
+    url = settings.database_url or ""
+    plain = msgspec.structs.replace(settings, database_url=with_parameter(url, "sslmode=disable"))
+    async with running_client(create_app(plain)) as client:
+        created = await client.post("/v1/customers", json={"email": "tls@example.com", "name": "T"}, headers=AUTH)
+        assert created.status_code == 201, created.text
+        assert (await client.get(created.headers["location"])).status_code == 200
+
+    # Over the tests' Unix socket TLS does not apply; a parameter that does, read from the URL: this
+    # primary is no standby, so no connection is made, a clean 503.
+    required = msgspec.structs.replace(settings, database_url=with_parameter(url, "target_session_attrs=standby"))
+    pool = WritePool(create_write_engine(required), required)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await pool.run(select_one)
+    finally:
+        await pool.close()
+
+
+def test_migrate_reads_libpq_parameters_from_the_url(empty_database: str) -> None:
+    upgrade_to_head(with_parameter(empty_database, "sslmode=disable"))
+    assert asyncio.run(current_revision(empty_database)) == head_revision()
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="target attribute"):  # a primary is no standby
+        upgrade_to_head(with_parameter(empty_database, "target_session_attrs=standby"))
