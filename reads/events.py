@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -47,7 +46,7 @@ from reads.routes import ALWAYS, NO_STORE, TAG, authorize
 from shared.consistency import HEADER as CONSISTENCY_TOKEN
 from shared.dto import Event, EventPage, EventSubject, EventType, Problem, SubjectType
 from shared.errors import ClientClosedRequest, EventsPurged, InvalidInput, ServiceUnavailable
-from shared.http import ENCODER, MsgspecResponse
+from shared.http import ENCODER, MsgspecResponse, weights
 from shared.metrics import EVENTS_WAITING
 from shared.openapi import operation
 from shared.sides import resources
@@ -375,29 +374,13 @@ def wants_stream(accept: str | None) -> bool:
     ``application/*``, ``*/*``) to it. Without ``Accept``, a page of JSON."""
     if not accept:
         return False
-    stream = json = 0.0
-    for media_range in accept.split(","):
-        kind, *parameters = (part.strip() for part in media_range.split(";"))
-        q = 1.0
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "q":
-                q = _weight(value.strip())
-        kind = kind.lower()
-        if kind == STREAM_MEDIA_TYPE:
-            stream = max(stream, q)
-        elif kind in JSON_RANGES:
-            json = max(json, q)
+    found = weights(accept)
+    stream = found.get(STREAM_MEDIA_TYPE, 0.0)
+    json = max(found.get(kind, 0.0) for kind in JSON_RANGES)
     return stream > 0 and stream >= json
 
 
 JSON_RANGES = frozenset({"application/json", "application/*", "*/*"})
-WEIGHT = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110's qvalue
-
-
-def _weight(value: str) -> float:
-    """A media range's q; one that is not a qvalue (RFC 9110: 0 to 1, three decimals) accepts nothing."""
-    return float(value) if WEIGHT.fullmatch(value) else 0.0
 
 
 async def _stream(request: Request, first: Fetched, ask: Ask, seconds: int) -> AsyncIterator[bytes]:

@@ -8,8 +8,10 @@ most of it the compressor's set-up, and a page of 20 orders (2.6 kB) shrinks to 
 from __future__ import annotations
 
 from starlette.middleware import Middleware
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.gzip import GZipMiddleware, GZipResponder
 from starlette.types import Message, Receive, Scope, Send
+
+from shared.http import weights
 
 # A body under this size, with the response's head, fits in one TCP segment (1460 bytes on
 # Ethernet): compressing it would save no packet and cost about 14 µs. Single products, orders
@@ -32,8 +34,20 @@ class Compression(GZipMiddleware):
     the metrics' layer, since merged into service.logs.RequestLog)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or accepts_gzip(scope):
-            await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if accepts_gzip(scope):
+            # Starlette's own test is for the bytes "gzip" in the header: it compressed for
+            # "gzip;q=0" (not acceptable) and not for "GZIP" (codings compare case-insensitively).
+            responder = GZipResponder(
+                self.app,
+                self.minimum_size,
+                compresslevel=self.compresslevel,
+                thread_minimum_size=self.thread_minimum_size,
+                exclude_content_types=self.exclude_content_types,
+            )
+            await responder(scope, receive, send)
             return
 
         async def send_varied(message: Message) -> None:
@@ -45,8 +59,16 @@ class Compression(GZipMiddleware):
 
 
 def accepts_gzip(scope: Scope) -> bool:
+    """Whether the request's ``Accept-Encoding`` takes gzip (RFC 9110 §12.5.3): ``gzip`` (or its
+    alias ``x-gzip``) with a q above 0, or, naming neither, ``*`` with one."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    return any(name == b"accept-encoding" and b"gzip" in value for name, value in headers)
+    values = [value.decode("latin-1") for name, value in headers if name == b"accept-encoding"]
+    if not values:
+        return False
+    found = weights(",".join(values))
+    if "gzip" in found or "x-gzip" in found:
+        return max(found.get("gzip", 0.0), found.get("x-gzip", 0.0)) > 0
+    return found.get("*", 0.0) > 0
 
 
 COMPRESSION = Middleware(Compression, minimum_size=MINIMUM_SIZE, compresslevel=LEVEL)

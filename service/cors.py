@@ -6,6 +6,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import Message, Send
 
 from shared.config import Settings
@@ -24,6 +25,11 @@ ALLOWED_HEADERS = (
     "X-Request-Id",
     # GET /v1/events: where a page's own fetch of the event stream resumes (EventSource sends it itself).
     "Last-Event-ID",
+    # W3C Trace Context: a traced page (OpenTelemetry's browser instrumentation adds them to the calls
+    # it traces) joins its trace to the server's, with tracing on (service.tracing). Without them in
+    # the list its every traced call failed its preflight.
+    "traceparent",
+    "tracestate",
 )
 # Response headers a page may read beyond the safelisted ones (Cache-Control, Content-Type, ...).
 EXPOSED_HEADERS = ("ETag", "Location", "Consistency-Token", "Idempotent-Replayed", "Retry-After", "X-Request-Id")
@@ -56,8 +62,15 @@ def cors(settings: Settings) -> list[Middleware]:
 
 class OwnOriginsCORS(CORSMiddleware):
     """Starlette's CORSMiddleware, except that an answer to another origin carries no CORS header,
-    only ``Vary: Origin``. Starlette listed the exposed headers to every origin: harmless without
+    only ``Vary: Origin``, its refused preflight included. Starlette listed the exposed headers (and,
+    refusing a preflight, the allowed methods and headers) to every origin: harmless without
     ``Access-Control-Allow-Origin``, but not what docs/http.md says of another origin's answers."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        origin = request_headers.get("Origin", "")
+        if not self.is_allowed_origin(origin):
+            return PlainTextResponse("Disallowed CORS origin", status_code=400, headers={"Vary": "Origin"})
+        return super().preflight_response(request_headers)
 
     async def send(self, message: Message, send: Send, request_headers: Headers) -> None:
         origin = request_headers.get("Origin")

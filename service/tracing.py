@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.metrics import METHODS
 from shared.config import ConfigError
 from shared.dbfailures import READ, WRITE
 from shared.paths import route_template
@@ -118,7 +120,9 @@ class Tracing:
         resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
             resource = resource.merge(Resource({SERVICE_NAME: "orders-api"}))
-        provider = TracerProvider(resource=resource)  # its sampler: OTEL_TRACES_SAMPLER, parent-based by default
+        # Its sampler: OTEL_TRACES_SAMPLER, parent-based by default. Not shut down at exit by the SDK:
+        # that waits for every queued batch, each up to the exporter's timeout (``flush_within``).
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         return cls(provider, untraced=untraced)
 
@@ -140,7 +144,7 @@ class Tracing:
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
         with ExitStack() as stack:
-            stack.callback(self.provider.force_flush, FLUSH_MILLIS)
+            stack.callback(flush_within, self.provider, FLUSH_MILLIS / 1000)
             # asyncpg is patched process-wide: it sees the write pool's driver too (the pre-ping, COMMIT).
             asyncpg_spans = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]  # an unannotated __init__
             asyncpg_spans.instrument(tracer_provider=PoolTracers(self.provider, _asyncpg_pool))
@@ -160,6 +164,19 @@ class Tracing:
             yield
 
 
+def flush_within(provider: TracerProvider, seconds: float) -> None:
+    """Send the spans still queued, waiting ``seconds`` at most. The SDK's ``force_flush`` ignores its
+    own timeout (opentelemetry-python#4568): with the collector down each queued batch waited out
+    the exporter's 10 s, and a stopping process stayed up for 46 s with its pools open. The flush
+    runs in a thread of its own; past the bound it is left to finish or not (its thread, like the
+    exporter's, is a daemon: it does not hold the exit)."""
+    flushing = threading.Thread(target=provider.force_flush, name="orders-api span flush", daemon=True)
+    flushing.start()
+    flushing.join(seconds)
+    if flushing.is_alive():
+        log.warning("tracing: the last spans were not exported within %s s; given up", seconds)
+
+
 def _server_spans(app: ASGIApp, *, tracer_provider: TracerProvider, untraced: str) -> ASGIApp:
     """The ASGI instrumentation's server span around ``app``, named by the route once the router
     has chosen it. Without its spans for each message received and sent: a request's trace is
@@ -173,14 +190,20 @@ def _server_spans(app: ASGIApp, *, tracer_provider: TracerProvider, untraced: st
             await app(scope, receive, send)
             return
         server = get_current_span()
+        # The app gets the query string the instrumentation was not shown (``without_query``).
+        scope = {**scope, "query_string": scope.pop(HIDDEN_QUERY, b"")}
 
         async def send_named(message: Message) -> None:
             # The router has chosen by now, and the span ends with the response's last message.
-            route = route_template(scope)
-            if message["type"] == "http.response.start" and route is not None:
-                # The path would make each order its own name: ``GET /v1/orders/{id}``, as /metrics says.
-                server.update_name(f"{scope['method']} {route}")
-                server.set_attribute("http.route", route)
+            if message["type"] == "http.response.start":
+                # The path would make each order its own name: ``GET /v1/orders/{id}``, as /metrics
+                # says. A path no route matched is named by its method alone (OpenTelemetry's rule
+                # without a route): any client could otherwise make as many span names as it likes.
+                route = route_template(scope)
+                method = scope["method"] if scope["method"] in METHODS else "HTTP"
+                server.update_name(method if route is None else f"{method} {route}")
+                if route is not None:
+                    server.set_attribute("http.route", route)
             await send(message)
 
         await app(scope, receive, send_named)
@@ -191,7 +214,20 @@ def _server_spans(app: ASGIApp, *, tracer_provider: TracerProvider, untraced: st
         tracer_provider=tracer_provider,
         exclude_spans=["receive", "send"],
     )
-    return traced
+
+    async def without_query(scope: Scope, receive: Receive, send: Send) -> None:
+        # The instrumentation writes the query string into the span (``http.url``, ``http.target``):
+        # a search or a filter may hold personal data, which the access log leaves out too. It is
+        # shown a scope without it, and the app gets it back (``named_by_route``).
+        if scope["type"] == "http":
+            scope = {**scope, "query_string": b"", HIDDEN_QUERY: scope.get("query_string", b"")}
+        await traced(scope, receive, send)
+
+    return without_query
+
+
+# Where the request's query string waits while the instrumentation sees a scope without it.
+HIDDEN_QUERY = "orders_api.query_string"
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,29 @@ def problem_response(error: ApiError) -> ProblemResponse:
 _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 
+def weights(header: str) -> dict[str, float]:
+    """A list header with weights (``Accept``, ``Accept-Encoding``) as each item's q, items
+    lower-cased (media types and content codings compare case-insensitively): 1 without a q, 0 for
+    one that is not a qvalue (RFC 9110 §12.4.2: 0 to 1, three decimals), the highest of an item
+    named twice. A q of 0 means "not acceptable"."""
+    found: dict[str, float] = {}
+    for item in header.split(","):
+        name, *parameters = (part.strip() for part in item.split(";"))
+        if not name:
+            continue
+        q = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                q = float(value.strip()) if QVALUE.fullmatch(value.strip()) else 0.0
+        name = name.lower()
+        found[name] = max(found.get(name, 0.0), q)
+    return found
+
+
+QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+
 def decoder_for(type_: type[T]) -> msgspec.json.Decoder[T]:
     """One decoder per type, built on first use and reused."""
     decoder = _DECODERS.get(type_)

@@ -9,6 +9,7 @@ import gzip
 import asyncpg
 import httpx
 import msgspec
+import pytest
 
 from service.app import create_app
 from service.compression import MINIMUM_SIZE
@@ -50,6 +51,36 @@ async def test_a_page_is_gzipped_and_its_content_length_counts_the_bytes_sent(
     # A cache in between keeps the two apart.
     assert "accept-encoding" in vary(compressed)
     assert "accept-encoding" in vary(plain)
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "compressed"),
+    [
+        ("gzip", True),
+        ("GZIP", True),  # content codings compare case-insensitively
+        ("br, gzip;q=0.5", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("gzip;q=0", False),  # q=0: not acceptable (RFC 9110 §12.5.3)
+        ("gzip; q=0, identity", False),
+        ("*, gzip;q=0", False),
+        ("*;q=0", False),
+        ("gzipx, notgzip", False),
+        ("br", False),
+        ("gzip;q=2", False),  # not a qvalue: accepts nothing
+    ],
+)
+async def test_gzip_only_for_an_accept_encoding_that_takes_it(
+    client: httpx.AsyncClient, shop: Shop, accept_encoding: str, compressed: bool
+) -> None:
+    for _ in range(20):
+        await shop.product()
+    response, sent = await raw(client, "/v1/products?limit=20", {"Accept-Encoding": accept_encoding})
+    assert response.status_code == 200
+    assert (response.headers.get("content-encoding") == "gzip") is compressed
+    assert "accept-encoding" in vary(response)
+    if compressed:
+        assert msgspec.json.decode(gzip.decompress(sent))["items"]
 
 
 async def test_a_single_product_or_order_is_sent_as_it_is(client: httpx.AsyncClient, shop: Shop) -> None:

@@ -83,7 +83,17 @@ async def test_a_preflight_of_another_origin_method_or_header_is_refused(
     assert answer.status_code == 400
     assert answer.text == f"Disallowed CORS {refused}"
     if refused == "origin":
-        assert "access-control-allow-origin" not in answer.headers
+        # Another origin learns nothing of the policy: no CORS header at all, only Vary.
+        assert not [name for name in answer.headers if name.startswith("access-control-")], answer.headers
+        assert answer.headers["vary"] == "Origin"
+
+
+async def test_a_traced_page_may_send_its_trace_context(closed: Settings) -> None:
+    # OpenTelemetry's browser instrumentation adds traceparent (and tracestate) to the calls it traces.
+    async with running_client(create_app(closed)) as client:
+        answer = await client.options("/v1/orders", headers=preflight("GET", "authorization,traceparent,tracestate"))
+    assert answer.status_code == 200, answer.text
+    assert {"traceparent", "tracestate"} <= listed(answer, "access-control-allow-headers")
 
 
 async def test_answers_and_errors_are_readable_by_the_allowed_origin_only(closed: Settings) -> None:
