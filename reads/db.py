@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
+import asyncpg.connection
+import asyncpg.pool
 
 from reads.answers import AnswerCache
 from shared.config import Settings
@@ -114,6 +116,19 @@ def _log_slow_statements(names: PoolNames, threshold_ms: int) -> Callable[[Any],
     return init
 
 
+# The private names ``_release_in_place`` takes from asyncpg. An asyncpg without them (a later
+# release may rename them) gives every connection back through ``Pool.release``, its shield and all.
+IN_PLACE = all(
+    hasattr(owner, name)
+    for owner, name in (
+        (asyncpg.pool.PoolConnectionProxy, "_con"),
+        (asyncpg.pool.PoolConnectionProxy, "_holder"),
+        (asyncpg.pool.PoolConnectionHolder, "release"),
+        (asyncpg.connection.Connection, "_on_release"),
+    )
+)
+
+
 async def _release_in_place(connection: Any) -> None:
     """asyncpg's ``Pool.release`` without the task it runs the release in.
 
@@ -175,7 +190,7 @@ class ReadPool:
         # left open); the pool has then closed it, and the request's own outcome (a result, or its
         # error) stands.
         try:
-            if _is_dead(connection) or connection.is_in_transaction():
+            if not IN_PLACE or _is_dead(connection) or connection.is_in_transaction():
                 await self.pool.release(connection)
             else:
                 await _release_in_place(connection)

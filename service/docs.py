@@ -25,6 +25,10 @@ SERVED = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 # URLs relative to /docs, so the page also works behind a proxy that serves the API under a prefix.
+# The operations' paths are absolute (/v1/orders/{{id}}) and the document names no server, so Swagger
+# UI would send "Try it out" to the host's root: the page gives the document, as it loads it, one
+# server, where the page itself was served from (behind /api: /api/v1/...). /openapi.json is left
+# as it is: a relative server would mean the same, but every client would have to resolve it.
 PAGE = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -38,7 +42,11 @@ PAGE = f"""<!doctype html>
 <div id="swagger-ui"></div>
 <script src="{ASSETS[1:]}/swagger-ui-bundle.js"></script>
 <script>
-SwaggerUIBundle({{url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true, displayOperationId: true}});
+const base = new URL(".", location.href).href.replace(/\\/$/, "");
+fetch("openapi.json").then((answer) => answer.json()).then((spec) => {{
+  spec.servers = [{{url: base}}];
+  SwaggerUIBundle({{spec, dom_id: "#swagger-ui", deepLinking: true, displayOperationId: true}});
+}});
 </script>
 </body>
 </html>

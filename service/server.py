@@ -26,6 +26,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from service.cors import EXPOSED_HEADERS
 from shared.dto import Problem
 from shared.errors import ApiError, HeadersTooLarge, MalformedRequest, problem_kind
 from shared.http import ENCODER
@@ -232,8 +233,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         log.info("refused a request from %s: %s [request %s]", _client(self.client), error, request_id)
         # A pipelined response still being written must not be cut into; then the close says it all.
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(_problem_response(error, request_id, self.server_state.default_headers))
+            headers = [*self.server_state.default_headers, *self._cors_headers()]
+            self.transport.write(_problem_response(error, request_id, headers))
         self.transport.close()
+
+    def _cors_headers(self) -> list[tuple[bytes, bytes]]:
+        """What the CORS middleware would add to this answer, which no app sends: a page of an allowed
+        origin whose head was refused (a token that made it too large) reads the 431 problem instead
+        of a bare network error. The ``Origin`` is the one among the fields parsed before the refusal;
+        a head cut off before it came gets ``Vary: Origin`` alone."""
+        resources = resources_in(self.app_state)
+        if resources is None or not resources.settings.cors_allow_origins:
+            return []
+        origin = next((value for name, value in self.headers or () if name == b"origin"), None)
+        if origin is None or origin.decode("latin-1") not in resources.settings.cors_allow_origins:
+            return [(b"vary", b"Origin")]
+        return [
+            (b"access-control-allow-origin", origin),
+            (b"access-control-expose-headers", ", ".join(EXPOSED_HEADERS).encode()),
+            (b"vary", b"Origin"),
+        ]
 
 
 def _problem_response(error: ApiError, request_id: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:

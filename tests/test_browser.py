@@ -226,3 +226,46 @@ def test_the_docs_page_renders_every_operation_from_the_service_alone(
     # Each operation's summary and operationId, as Swagger UI lists them (the page itself holds neither).
     missing = [op["operationId"] for op in operations if op["operationId"] not in dom or op["summary"] not in dom]
     assert missing == []
+
+
+@contextmanager
+def under_prefix(api: str, prefix: str) -> Iterator[str]:
+    """A reverse proxy on 127.0.0.1 serving the API's GETs under ``prefix`` (``/api/docs`` is the
+    API's ``/docs``), as one in front of a service often does; yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if not self.path.startswith(prefix + "/"):
+                self.send_error(404)
+                return
+            answer = httpx.get(api + self.path.removeprefix(prefix))
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("content-type", "application/octet-stream"))
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{prefix}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_the_docs_page_calls_the_api_where_the_page_was_served_from(
+    chromium: str, browsing: Browsing, tmp_path: Path
+) -> None:
+    # Behind a proxy that serves the API under /api, "Try it out" must call /api/v1/..., not the
+    # host's /v1/... (an outside probe's finding): the page names where it was served from as the
+    # document's one server, which Swagger UI lists and calls.
+    with under_prefix(browsing.api, "/api") as proxied:
+        dom = html.unescape(dump_dom(chromium, f"{proxied}/docs", tmp_path / "profile"))
+    assert 'class="swagger-ui' in dom
+    assert f'<option value="{proxied}">{proxied}</option>' in dom, dom[-3000:]

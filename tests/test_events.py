@@ -225,14 +225,36 @@ async def test_a_cursor_before_the_purged_events_is_a_410(
     await db.execute("UPDATE events SET occurred_at = now() - interval '8 days' WHERE position <= 2")
     pool = await open_write_side(settings, head_revision())
     try:
-        assert await events.purge_round(pool) == 2
+        # A write side purges as it opens (so the oldest event's age is published from the start);
+        # a round run now purges whatever that one has not, and both together purge the two.
+        await events.purge_round(pool)
     finally:
         await pool.close()
+    assert await db.fetchval("SELECT purged_through FROM events_horizon") == 2
+    assert await db.fetchval("SELECT min(position) FROM events") == 3
     gone = await client.get("/v1/events", params={"after": start})
     assert gone.status_code == 410
     assert "position 2" in gone.json()["detail"]
     kept = await feed(client)
     assert [e["data"]["email"] for e in kept["items"]] == ["new@example.com"]
+
+
+async def test_a_write_side_purges_as_it_opens(shop: Shop, settings: Settings, db: asyncpg.Connection) -> None:
+    # Its first purge round runs at once, not after the first period (10 s): the oldest kept
+    # event's age (/metrics) is there from the first scrape.
+    await shop.customer(email="old@example.com")
+    await shop.customer(email="new@example.com")
+    await positioned_head(db)
+    await db.execute("UPDATE events SET occurred_at = now() - interval '8 days' WHERE position <= 1")
+    pool = await open_write_side(settings, head_revision())
+    try:
+        for _ in range(100):  # 5 s at most, half a purge period
+            if await db.fetchval("SELECT purged_through FROM events_horizon") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await db.fetchval("SELECT purged_through FROM events_horizon") == 1
+    finally:
+        await pool.close()
 
 
 async def test_a_long_poll_answers_when_an_event_arrives(client: httpx.AsyncClient, shop: Shop) -> None:

@@ -197,6 +197,28 @@ async def test_a_head_past_its_limits_gets_431(address: tuple[str, int], headers
     assert GENERATED_ID.fullmatch(response_headers(response)["x-request-id"]), response
 
 
+@pytest.mark.parametrize(("origin", "readable"), [("https://shop.example.com", True), ("https://evil.example", False)])
+async def test_a_refused_head_of_an_allowed_origin_is_readable_by_its_page(
+    bounded: Settings, origin: str, readable: bool
+) -> None:
+    # The protocol answers a 431 before any app runs, so the CORS middleware never saw it: a page
+    # whose token pushed its head past the limit saw a bare network error, not the problem.
+    with_cors = msgspec.structs.replace(bounded, cors_allow_origins=("https://shop.example.com",))
+    async with serving(create_app(with_cors), **uvicorn_options(with_cors)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        async with connected((host, int(port))) as (reader, writer):
+            writer.write(request_head("GET", "/v1/orders", f"Origin: {origin}", *many_headers(MAX_HEADERS + 1)))
+            response = await until_closed(reader, SLACK)
+    headers = response_headers(response)
+    assert status(response) == 431, response
+    assert headers["vary"] == "Origin"
+    if readable:
+        assert headers["access-control-allow-origin"] == origin
+        assert "X-Request-Id" in headers["access-control-expose-headers"]
+    else:
+        assert not [name for name in headers if name.startswith("access-control-")], headers
+
+
 def response_headers(response: bytes) -> dict[str, str]:
     head = response.split(b"\r\n\r\n", 1)[0].decode()
     return {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])}
