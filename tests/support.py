@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,10 +47,12 @@ async def serving(app: Starlette, **options: Any) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 30)
 
 
-async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait until ``condition()`` holds, polling every 10 ms, for ``within`` seconds at most."""
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
+    """Wait until ``condition()`` holds (or, when it is a coroutine, its result does), polling every
+    10 ms, for ``within`` seconds at most."""
     for _ in range(int(within / 0.01)):
-        if condition():
+        held = condition()
+        if held if isinstance(held, bool) else await held:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"not so within {within} s")

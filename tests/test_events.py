@@ -24,7 +24,7 @@ from shared.dto import OrderLine, PlaceOrder
 from shared.http import ENCODER
 from testkit.database import positioned_head
 from tests.reads.factories import Shop
-from tests.support import AUTH, serving
+from tests.support import AUTH, eventually, serving
 from writes import events
 from writes.events import NewEvent
 from writes.handlers.orders import place_order
@@ -247,12 +247,12 @@ async def test_a_write_side_purges_as_it_opens(shop: Shop, settings: Settings, d
     await positioned_head(db)
     await db.execute("UPDATE events SET occurred_at = now() - interval '8 days' WHERE position <= 1")
     pool = await open_write_side(settings, head_revision())
+
+    async def purged() -> bool:
+        return bool(await db.fetchval("SELECT purged_through FROM events_horizon") == 1)
+
     try:
-        for _ in range(100):  # 5 s at most, half a purge period
-            if await db.fetchval("SELECT purged_through FROM events_horizon") == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert await db.fetchval("SELECT purged_through FROM events_horizon") == 1
+        await eventually(purged, within=5)  # half a purge period
     finally:
         await pool.close()
 

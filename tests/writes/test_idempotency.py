@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from service.app import create_app
 from service.schema import head_revision
 from shared.config import Settings
-from tests.support import AUTH, WRITE_TOKEN, running_client
+from tests.support import AUTH, WRITE_TOKEN, eventually, running_client
 from tests.writes.support import assert_problem, new_customer, new_product, place
 from writes import idempotency
 from writes.db import WritePool
@@ -186,11 +186,11 @@ async def test_the_write_pool_purges_expired_keys_while_open_and_stops_when_clos
     pool = await open_write_side(settings, head_revision(), purge_every=0.05)
     try:
         await insert_expired_keys(db, ["a", "b", "c"])
-        for _ in range(100):  # 5 s at most
-            if await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+
+        async def purged() -> bool:
+            return bool(await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0)
+
+        await eventually(purged, within=5)
     finally:
         await pool.close()
     [purger] = [task for task in pool.tasks if task.get_name() == IDEMPOTENCY_PURGE]
