@@ -84,10 +84,19 @@ def requested(environ: Mapping[str, str]) -> bool:
             f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: traces are exported as OTLP over HTTP (http/protobuf);"
             " point OTEL_EXPORTER_OTLP_ENDPOINT at the collector's HTTP port (4318)"
         )
-    if any(importlib.util.find_spec(package) is None for package in PACKAGES):
+    if not all(_installed(package) for package in PACKAGES):
         found = ", ".join(name for name in SWITCHES if environ.get(name, "").strip())
         raise ConfigError(f"{found} asks for traces: install the otel extra (pip install 'orders-api[otel]')")
     return True
+
+
+def _installed(package: str) -> bool:
+    # find_spec imports a dotted name's parents, and a missing parent raises rather than giving None:
+    # without the extra, "opentelemetry.sdk" was a traceback instead of the message above.
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def from_environment(environ: Mapping[str, str]) -> Tracing | None:

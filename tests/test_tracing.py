@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 
+from service import tracing
 from service.app import create_app
 from service.tracing import Tracing, requested
 from shared.config import ConfigError, Settings
@@ -226,6 +227,14 @@ def test_opentelemetrys_own_variables_turn_tracing_on(environ: Mapping[str, str]
 def test_an_otlp_protocol_other_than_http_stops_start_up() -> None:
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL=grpc"):
         requested({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+
+
+def test_a_switch_without_the_otel_extra_stops_start_up_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the extra, the package "opentelemetry" itself is missing: find_spec("opentelemetry.sdk")
+    # raises instead of answering None, and serve printed that traceback (a newcomer's finding).
+    monkeypatch.setattr(tracing, "PACKAGES", ("orders_api_absent_package.sdk",))
+    with pytest.raises(ConfigError, match=r"OTEL_SERVICE_NAME asks for traces: install the otel extra"):
+        requested({"OTEL_SERVICE_NAME": "orders"})
 
 
 # In a fresh interpreter, as `serve` runs: the app built, its lifespan run and a request served,
