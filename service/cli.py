@@ -279,7 +279,12 @@ def seed(customers: int, products: int, orders: int, data_dir: Path | None) -> N
     counts = writes.seed.SeedCounts(customers=customers, products=products, orders=orders)
     with click.progressbar(length=counts.total, label="seeding demo data") as bar:
         asyncio.run(writes.seed.seed(settings, counts, bar.update))
-    click.echo(f"seeded {customers} customers, {products} products and {orders} orders")
+    # The demo customers and products are named (their emails, their SKUs): seeding again keeps those
+    # already there and adds the rest, while every run adds its orders.
+    click.echo(
+        f"seeded {orders} orders, for {customers} demo customers and {products} demo products"
+        " (those from an earlier seed kept as they were)"
+    )
 
 
 @main.command()

@@ -40,7 +40,7 @@ def seed(database_url: str) -> None:
     args = ["seed", "--customers", "30", "--products", "8", "--orders", "400"]
     result = CliRunner().invoke(main, args, env={"DATABASE_URL": database_url})
     assert result.exit_code == 0, result.output
-    assert "seeded 30 customers, 8 products and 400 orders" in result.output
+    assert "seeded 400 orders, for 30 demo customers and 8 demo products" in result.output
 
 
 def test_seed_fills_every_table_with_recent_orders_of_every_status(database_url: str) -> None:
