@@ -60,6 +60,23 @@ def cors(settings: Settings) -> list[Middleware]:
     ]
 
 
+def refusal_headers(settings: Settings, origin: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The headers this policy puts on an answer to ``origin``, for one no middleware sees: what the
+    HTTP protocol refuses before any app runs (a head too large, one it cannot parse,
+    ``service.server``). Without CORS none; to an allowed origin, as ``OwnOriginsCORS`` marks an
+    answer (``Access-Control-Allow-Origin``, the exposed headers, ``Vary: Origin``); to another, or
+    when the origin is unknown, ``Vary: Origin`` alone."""
+    if not settings.cors_allow_origins:
+        return []
+    if origin is None or origin.decode("latin-1") not in settings.cors_allow_origins:
+        return [(b"vary", b"Origin")]
+    return [
+        (b"access-control-allow-origin", origin),
+        (b"access-control-expose-headers", ", ".join(EXPOSED_HEADERS).encode()),
+        (b"vary", b"Origin"),
+    ]
+
+
 class OwnOriginsCORS(CORSMiddleware):
     """Starlette's CORSMiddleware, except that an answer to another origin carries no CORS header,
     only ``Vary: Origin``, its refused preflight included. Starlette listed the exposed headers (and,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import asyncpg
@@ -24,7 +25,9 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+@functools.cache
 def _scripts() -> ScriptDirectory:
+    """This release's migrations, read once: a failing readiness probe asks on every call."""
     return ScriptDirectory.from_config(alembic_config("postgresql://unused/db"))
 
 

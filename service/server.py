@@ -26,7 +26,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from service.cors import EXPOSED_HEADERS
+from service.cors import refusal_headers
 from shared.dto import Problem
 from shared.errors import ApiError, HeadersTooLarge, MalformedRequest, problem_kind
 from shared.http import ENCODER
@@ -238,21 +238,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _cors_headers(self) -> list[tuple[bytes, bytes]]:
-        """What the CORS middleware would add to this answer, which no app sends: a page of an allowed
-        origin whose head was refused (a token that made it too large) reads the 431 problem instead
-        of a bare network error. The ``Origin`` is the one among the fields parsed before the refusal;
-        a head cut off before it came gets ``Vary: Origin`` alone."""
+        """The CORS headers of this refusal, which no middleware sees (``service.cors.refusal_headers``):
+        a page of an allowed origin whose head was refused (a token that made it too large) reads the
+        431 problem instead of a bare network error. The ``Origin`` is the one among the fields parsed
+        before the refusal."""
         resources = resources_in(self.app_state)
-        if resources is None or not resources.settings.cors_allow_origins:
+        if resources is None:
             return []
         origin = next((value for name, value in self.headers or () if name == b"origin"), None)
-        if origin is None or origin.decode("latin-1") not in resources.settings.cors_allow_origins:
-            return [(b"vary", b"Origin")]
-        return [
-            (b"access-control-allow-origin", origin),
-            (b"access-control-expose-headers", ", ".join(EXPOSED_HEADERS).encode()),
-            (b"vary", b"Origin"),
-        ]
+        return refusal_headers(resources.settings, origin)
 
 
 def _problem_response(error: ApiError, request_id: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -517,7 +517,9 @@ def _name_variable(message: str) -> str:
 
 def _choices(variable: str) -> tuple[object, ...]:
     """The values a setting that is a choice (a ``Literal``) takes; () for any other."""
-    for field in msgspec.inspect.type_info(Settings).fields:  # type: ignore[attr-defined]
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
         if field.name == variable.lower():
             kind = field.type.type if isinstance(field.type, msgspec.inspect.Metadata) else field.type
             if isinstance(kind, msgspec.inspect.LiteralType):

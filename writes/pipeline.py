@@ -11,14 +11,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import consistency
 from shared.auth import bearer_token
-from shared.dto import EventType
+from shared.dto import Command, EventType
 from shared.errors import NotJson
 from shared.http import ENCODER, decode_json, etag, is_json, read_body
 from shared.pools import Admission
@@ -74,12 +73,15 @@ async def accept_json(request: Request, type_: type[T]) -> Incoming[T]:
         request,
         lambda body: decode_json(body, type_),
         limit=limit,
-        wrong_media=None if is_json(request) else "Content-Type must be application/json",
+        wrong_media=None if is_json(request) else NOT_JSON,
     )
 
 
-class NoFields(msgspec.Struct, forbid_unknown_fields=True):
+class NoFields(Command):
     """A transition's body, when one is sent: an object without fields (``{}``)."""
+
+
+NOT_JSON = "Content-Type must be application/json"
 
 
 async def accept_empty(request: Request) -> Incoming[None]:
@@ -91,7 +93,7 @@ async def accept_empty(request: Request) -> Incoming[None]:
         if not body:
             return
         if not json:
-            raise NotJson("Content-Type must be application/json")
+            raise NotJson(NOT_JSON)
         decode_json(body, NoFields)
 
     return await accept(request, no_fields, limit=resources(request).settings.max_body_bytes)
