@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from typing import Any, TypeVar
@@ -96,7 +97,30 @@ def decode_typed(data: bytes, type_: type[T]) -> T:
     except msgspec.ValidationError as exc:
         if "got `float`" not in str(exc):
             raise
+    except msgspec.DecodeError as exc:
+        if str(exc) != TRUNCATED:
+            raise
+        raise msgspec.DecodeError(_truncated_or_malformed(data)) from None
     return msgspec.convert(_integral_as_int(msgspec.json.decode(data)), type_, strict=True)
+
+
+TRUNCATED = "Input data was truncated"
+
+
+def _truncated_or_malformed(data: bytes) -> str:
+    """What is wrong with JSON msgspec calls truncated. msgspec says so of whole documents too: a
+    ``\\u`` escape of a lone UTF-16 surrogate (``"\\ud800"``) or with fewer than four digits
+    (``"\\u12"``). The standard library's parser, on this error path only, tells them apart."""
+    try:
+        json.loads(data)
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string"):
+            return TRUNCATED
+        return f"JSON is malformed: {exc.msg} (character {exc.pos})"
+    except (UnicodeDecodeError, RecursionError):
+        return TRUNCATED
+    # Parsed whole by the standard library, which lets lone surrogates through; msgspec does not.
+    return "JSON is malformed: a \\u escape names half of a UTF-16 surrogate pair without the other half"
 
 
 def _integral_as_int(value: Any, depth: int = 0) -> Any:

@@ -87,6 +87,26 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient, db: asyncpg.Conn
     assert await db.fetchval("SELECT count(*) FROM customers") == 0
 
 
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        # msgspec calls all three "Input data was truncated"; only the last one is.
+        (rb'{"email": "a@example.com", "name": "\ud800"}', "half of a UTF-16 surrogate pair"),
+        (rb'{"email": "a@example.com", "name": "\ud800 A"}', "half of a UTF-16 surrogate pair"),
+        (b'{"email": "a@example.com", "name": "A",', "Input data was truncated"),
+    ],
+    ids=["lone surrogate", "lone surrogate then text", "truncated"],
+)
+async def test_malformed_json_is_400_saying_what_is_wrong(
+    client: httpx.AsyncClient, db: asyncpg.Connection, body: bytes, detail: str
+) -> None:
+    headers = {**AUTH, "Content-Type": "application/json"}
+    response = await client.post("/v1/customers", content=body, headers=headers)
+    assert_problem(response, 400, detail)
+    assert "truncated" not in response.json()["detail"] or detail == "Input data was truncated"
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
 async def test_a_body_that_is_not_json_is_415(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
     headers = {**AUTH, "Content-Type": "text/plain"}
     response = await client.post("/v1/customers", content=b'{"email": "a@example.com", "name": "A"}', headers=headers)
