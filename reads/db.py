@@ -24,6 +24,7 @@ import asyncpg.pool
 from reads.answers import AnswerCache
 from shared.config import Settings
 from shared.dbfailures import READ, Failure, PoolNames, classify, exhausted, unavailable
+from shared.driver import bounded
 from shared.errors import ConnectionLost
 from shared.http import decoder_for
 from shared.pools import Gate
@@ -83,6 +84,8 @@ async def create_read_pool(settings: Settings, database: Database) -> Any:
         # PgBouncer in transaction mode cannot keep a prepared statement across transactions.
         statement_cache_size=0 if settings.pgbouncer else settings.read_statement_cache_size,
         timeout=settings.read_pool_acquire_timeout,
+        # Every wait on the database bounded, and a statement given up closes its connection.
+        **bounded(settings.read_statement_timeout_ms),
         # Run once on each new connection. With the log off nothing is installed, so nothing is timed.
         init=_log_slow_statements(database.names, settings.slow_statement_ms) if settings.slow_statement_ms else None,
         reset=_keep_session,

@@ -31,6 +31,7 @@ from reads.db import Database, ReadPool
 from shared.config import Settings, asyncpg_dsn
 from shared.consistency import lsn_from_text
 from shared.dbfailures import PoolNames, classify
+from shared.driver import bounded
 from shared.errors import ServiceUnavailable
 from shared.metrics import REPLICA_HEALTHY, REPLICA_LAG_SECONDS, publish_sizes
 from shared.roles import read_session
@@ -105,7 +106,11 @@ def replica_names(name: str, number: int) -> PoolNames:
 def connect_options(settings: Settings) -> dict[str, Any]:
     """A connection of the monitor's own: the read session, named for what it does."""
     session = read_session(settings).startup_parameters(settings.pgbouncer)
-    return {"server_settings": {**session, "application_name": "orders-api:monitor"}, "statement_cache_size": 0}
+    return {
+        "server_settings": {**session, "application_name": "orders-api:monitor"},
+        "statement_cache_size": 0,
+        **bounded(settings.read_statement_timeout_ms),
+    }
 
 
 async def is_standby(settings: Settings, dsn: str) -> bool | None:

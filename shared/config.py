@@ -102,7 +102,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     ] = True
     write_statement_timeout_ms: Annotated[
         TimeoutMs,
-        Meta(description="statement_timeout of write connections, in ms (0: none); a statement past it is a 503."),
+        Meta(
+            description="statement_timeout of write connections, in ms (0: none); a statement past it is a 503, and so"
+            " is a database that does not answer within it and 1 s more (the connection is closed)."
+        ),
     ] = 5000
     write_pool_max_waiting: Annotated[
         Count,
@@ -167,7 +170,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid
     ] = 256
     read_statement_timeout_ms: Annotated[
         TimeoutMs,
-        Meta(description="statement_timeout of read connections, in ms (0: none); a statement past it is a 503."),
+        Meta(
+            description="statement_timeout of read connections, in ms (0: none); a statement past it is a 503, and so"
+            " is a database that does not answer within it and 1 s more (the connection is closed)."
+        ),
     ] = 2000
     read_pool_max_waiting: Annotated[
         Count,

@@ -106,6 +106,10 @@ def classify(exc: BaseException, *, connection_closed: bool = False) -> Failure 
     if code == TOO_MANY_CONNECTIONS:
         return Failure.FULL
     chain = list(_chain(exc))
+    if any(isinstance(e, TimeoutError) for e in chain):
+        # No answer within the connection's bound (``shared.driver``), which closes it: the database
+        # is silent, and a query repeated on a fresh connection would only wait as long again.
+        return Failure.UNAVAILABLE
     if (
         connection_closed
         or (code is not None and code.startswith(CONNECTION_ENDED))
@@ -114,9 +118,7 @@ def classify(exc: BaseException, *, connection_closed: bool = False) -> Failure 
         or any(isinstance(e, BROKEN_LINKS) for e in chain)
     ):
         return Failure.LOST
-    if (code is not None and code.startswith(UNAVAILABLE_CLASSES)) or any(
-        isinstance(e, OSError | TimeoutError) for e in chain
-    ):
+    if (code is not None and code.startswith(UNAVAILABLE_CLASSES)) or any(isinstance(e, OSError) for e in chain):
         return Failure.UNAVAILABLE
     return None
 
@@ -139,7 +141,8 @@ def unavailable(failure: Failure, names: PoolNames, exc: BaseException) -> Servi
             return ConnectionLost(f"{names.pool}: connection to the database lost; check the server at {names.url}")
         case Failure.UNAVAILABLE:
             return DatabaseUnavailable(
-                f"{names.pool}: database unreachable or not accepting connections; check the server at {names.url}"
+                f"{names.pool}: database unreachable, not accepting connections or not answering; check the server"
+                f" at {names.url}"
             )
 
 

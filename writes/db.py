@@ -28,6 +28,7 @@ from starlette.requests import Request
 from shared.config import Settings, asyncpg_dsn
 from shared.consistency import lsn_from_text
 from shared.dbfailures import WRITE, Failure, classify, exhausted, unavailable
+from shared.driver import bounded
 from shared.errors import ApiError
 from shared.pools import Admission, Gate
 from shared.roles import write_session
@@ -51,6 +52,8 @@ def driver_connect_args(settings: Settings) -> dict[str, Any]:
     args: dict[str, Any] = {
         # asyncpg's connect timeout defaults to 60 s; a dead server must not hang a request that long.
         "timeout": settings.write_pool_timeout,
+        # Nor a server that stops answering: every wait bounded, and a statement given up closes.
+        **bounded(settings.write_statement_timeout_ms),
         # Behind PgBouncer, statement_timeout is the write role's default instead (shared.roles).
         "server_settings": write_session(settings).startup_parameters(settings.pgbouncer),
     }
