@@ -45,7 +45,7 @@ from reads.queries import instant
 from reads.routes import ALWAYS, NO_STORE, TAG, authorize
 from shared.consistency import HEADER as CONSISTENCY_TOKEN
 from shared.dto import Event, EventPage, EventSubject, EventType, Problem, SubjectType
-from shared.errors import ClientClosedRequest, EventsPurged, InvalidInput, ServiceUnavailable
+from shared.errors import BadCursor, ClientClosedRequest, EventsPurged, InvalidInput, ServiceUnavailable
 from shared.http import ENCODER, MsgspecResponse, weights
 from shared.metrics import EVENTS_WAITING
 from shared.openapi import operation
@@ -180,7 +180,14 @@ def _cursor(position: int) -> str:
 
 
 def _position(cursor: str) -> int:
-    return decode_cursor(cursor, Position, bound_to=FEED)
+    try:
+        return decode_cursor(cursor, Position, bound_to=FEED)
+    except BadCursor:
+        # Every event id goes with every filter here: a list's words (other filters) would mislead.
+        raise BadCursor(
+            "`after` (or Last-Event-ID) is not an event id of this feed: an event's `id` or a page's"
+            " `next_cursor`, as sent"
+        ) from None
 
 
 def _types(given: str | None) -> list[str] | None:
@@ -305,8 +312,10 @@ async def list_events(request: Request) -> Response:
     authorize(request)
     query = query_params(request, EventQuery)
     types = _types(query.types)
-    last_event_id = request.headers.get("last-event-id")
-    cursor = query.after if last_event_id is None else last_event_id
+    # An empty id names no event (an EventSource sends none then; a client passing None may send
+    # an empty one): the feed starts where it would without it.
+    last_event_id = request.headers.get("last-event-id") or None
+    cursor = (query.after or None) if last_event_id is None else last_event_id
     after = None if cursor is None else _position(cursor)
 
     # Not sticky: a replica that stops while a page waits for its round leaves the page to the primary.
@@ -410,7 +419,9 @@ async def _stream(request: Request, first: Fetched, ask: Ask, seconds: int) -> A
                 return  # the client reconnects with Last-Event-ID, to another process if this one stops
             try:
                 page = await watch.asking(ask, page.position)
-            except ServiceUnavailable as exc:
+            except (ServiceUnavailable, EventsPurged) as exc:
+                # Purged: the purge overtook a stream that reads slower than it deletes. The client
+                # reconnects with Last-Event-ID, and is told so by a 410 before any byte is sent.
                 log.warning("events: a stream ended early: %s", exc)
                 return
             if not page.events.items:

@@ -85,7 +85,13 @@ def query_params(request: Request, params: type[P]) -> P:
     for name, value in request.query_params.multi_items():
         if name in raw:
             raise InvalidInput(f"query parameter `{name}` is given more than once")
-        raw[name] = int(value) if name in numeric and CANONICAL_INT.fullmatch(value) else value
+        if name in numeric:
+            if not CANONICAL_INT.fullmatch(value):
+                # msgspec would say "Expected `int`, got `str`" of "1.5" as of "abc".
+                raise InvalidInput(f"query parameter `{name}` must be an integer, got {value!r} - at `$.{name}`")
+            raw[name] = int(value)
+        else:
+            raw[name] = value
     try:
         return msgspec.convert(raw, params, strict=True)
     except msgspec.ValidationError as exc:

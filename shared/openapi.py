@@ -186,9 +186,10 @@ PATH_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1
 _EVENT_TYPE = "(" + "|".join(re.escape(type_) for type_ in get_args(EventType)) + ")"
 EVENT_ID = {
     "type": "string",
-    "pattern": "^[A-Za-z0-9_-]+$",
+    "pattern": "^[A-Za-z0-9_-]*$",
     "description": "Opaque: an event's id (or a page's next_cursor); the feed resumes after it. It is sealed, so "
-    "any other value is a 400, and one older than the events kept is a 410.",
+    "any other value is a 400, and one older than the events kept is a 410. Empty names no event: the feed "
+    "starts where it would without it.",
 }
 
 # What the service accepts in these headers; any other header is described as a plain string.

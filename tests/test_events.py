@@ -172,6 +172,27 @@ async def test_a_tampered_cursor_is_a_400(client: httpx.AsyncClient, shop: Shop)
     tampered = cursor[:-2] + ("AA" if cursor[-2:] != "AA" else "BB")
     response = await client.get("/v1/events", params={"after": tampered})
     assert response.status_code == 400
+    # Any event id goes with any filter here: the refusal says what an id is, not "other filters".
+    assert "not an event id of this feed" in response.json()["detail"]
+
+
+async def test_an_empty_cursor_names_no_event(client: httpx.AsyncClient, shop: Shop) -> None:
+    """An EventSource sends no Last-Event-ID for an empty id, but a client of its own may send an
+    empty one, or ``after=`` for a cursor it does not have: both start where no cursor would."""
+    await shop.customer()
+    for response in (
+        await client.get("/v1/events", headers={"Last-Event-ID": ""}),
+        await client.get("/v1/events", params={"after": ""}),
+        await client.get("/v1/events", params={"after": ""}, headers={"Last-Event-ID": ""}),
+    ):
+        assert response.status_code == 200, response.text
+        assert [event["type"] for event in response.json()["items"]] == ["customer.created"]
+
+
+async def test_a_fraction_of_a_second_to_wait_is_refused_as_not_an_integer(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/events", params={"wait": "1.5"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "query parameter `wait` must be an integer, got '1.5' - at `$.wait`"
 
 
 @pytest.mark.parametrize("position", [b"-1", b"9223372036854775808", b"18446744073709551616", b"1.5", b'"1"'])
@@ -237,6 +258,37 @@ async def test_a_cursor_before_the_purged_events_is_a_410(
     assert "position 2" in gone.json()["detail"]
     kept = await feed(client)
     assert [e["data"]["email"] for e in kept["items"]] == ["new@example.com"]
+
+
+async def test_a_stream_the_purge_overtakes_ends_whole_and_its_resume_is_a_410(
+    settings: Settings, shop: Shop, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream that reads slower than the purge deletes: its next page would start before the
+    purged events. It ends as a stream ends (the last chunk sent), and the client's resume from the
+    last event it got is the 410 a page would get."""
+    for email in ("a@example.com", "b@example.com", "c@example.com"):
+        await shop.customer(email=email)
+    await positioned_head(db)
+    read_page, pages = reads.events.read_page, 0
+
+    async def purged_after_the_first_page(*args: Any, **kwargs: Any) -> reads.events.Fetched:
+        nonlocal pages
+        pages += 1
+        if pages == 2:  # the purge overtakes the stream between its first page and its second
+            await db.execute("DELETE FROM events WHERE position <= 2")
+            await db.execute("UPDATE events_horizon SET purged_through = 2")
+        return await read_page(*args, **kwargs)
+
+    monkeypatch.setattr(reads.events, "read_page", purged_after_the_first_page)
+    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
+        stream = {"Accept": "text/event-stream"}
+        async with http.stream("GET", "/v1/events", params={"limit": 1}, headers=stream) as response:
+            lines = [line async for line in response.aiter_lines()]  # a cut body would raise here
+        ids = [line.removeprefix("id: ") for line in lines if line.startswith("id: ")]
+        assert len(ids) == 1
+        resumed = await http.get("/v1/events", headers={**stream, "Last-Event-ID": ids[0]})
+    assert resumed.status_code == 410, resumed.text
+    assert "position 2" in resumed.json()["detail"]
 
 
 async def test_a_write_side_purges_as_it_opens(shop: Shop, settings: Settings, db: asyncpg.Connection) -> None:
