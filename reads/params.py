@@ -88,7 +88,10 @@ def query_params(request: Request, params: type[P]) -> P:
         if name in numeric:
             if not CANONICAL_INT.fullmatch(value):
                 # msgspec would say "Expected `int`, got `str`" of "1.5" as of "abc".
-                raise InvalidInput(f"query parameter `{name}` must be an integer, got {value!r} - at `$.{name}`")
+                raise InvalidInput(
+                    f"query parameter `{name}` must be an integer (digits, an optional `-`, no leading zero,"
+                    f" at most 19 digits), got {value!r} - at `$.{name}`"
+                )
             raw[name] = int(value)
         else:
             raw[name] = value

@@ -41,7 +41,11 @@ class Connection(asyncpg.Connection):  # type: ignore[misc]
     waits for the server to acknowledge it before this connection may be used, released, rolled back
     or closed. A server that has stopped answering never does: the pool's release, SQLAlchemy's
     rollback and the pool's close all waited on it. Closing the connection instead ends every wait
-    at once; the pool opens another for the next request (asyncpg's cancel opens one too)."""
+    at once; the pool opens another for the next request (asyncpg's cancel opens one too). On a
+    server that does answer, the statement given up then runs on until PostgreSQL notices its
+    client gone or its ``statement_timeout`` ends it, where a CancelRequest would have stopped it at
+    once: bounded, and only for statements given up (past the bound, or cancelled by a readiness
+    probe's bound or a shutdown)."""
 
     def _cancel_current_command(self, waiter: asyncio.Future[None], cancel_waiter: Any = None) -> None:
         # The protocol still writes to its transport after this returns: cut on the loop's next turn.

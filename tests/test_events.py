@@ -192,7 +192,8 @@ async def test_an_empty_cursor_names_no_event(client: httpx.AsyncClient, shop: S
 async def test_a_fraction_of_a_second_to_wait_is_refused_as_not_an_integer(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/events", params={"wait": "1.5"})
     assert response.status_code == 422
-    assert response.json()["detail"] == "query parameter `wait` must be an integer, got '1.5' - at `$.wait`"
+    assert response.json()["detail"].startswith("query parameter `wait` must be an integer (")
+    assert response.json()["detail"].endswith("got '1.5' - at `$.wait`")
 
 
 @pytest.mark.parametrize("position", [b"-1", b"9223372036854775808", b"18446744073709551616", b"1.5", b'"1"'])
