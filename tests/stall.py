@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from testkit.database import socket_dir
@@ -78,9 +77,3 @@ class Stall:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-
-
-@contextlib.asynccontextmanager
-async def stalling(url: str) -> AsyncIterator[Stall]:
-    async with Stall(url) as stall:
-        yield stall
