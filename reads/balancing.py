@@ -82,6 +82,7 @@ class Replicas:
         self.replicas = replicas
         self.names = primary.names
         self.timeout = primary.timeout
+        self.gate = primary.gate  # to /metrics the read pool is the primary's; each replica's is its own
         self.consistency_wait = settings.read_consistency_wait_ms / 1000
         self.monitor = Monitor(Probe("primary", primary.database.dsn, settings), replicas, schema_head)
         self._turns = itertools.count()

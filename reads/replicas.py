@@ -33,7 +33,7 @@ from shared.consistency import lsn_from_text
 from shared.dbfailures import PoolNames, classify
 from shared.driver import bounded
 from shared.errors import ServiceUnavailable
-from shared.metrics import REPLICA_HEALTHY, REPLICA_LAG_SECONDS, publish_sizes
+from shared.metrics import REPLICA_HEALTHY, REPLICA_LAG_SECONDS, publish_pools
 from shared.roles import read_session
 from shared.sides import CURRENT_REVISION_SQL
 
@@ -318,7 +318,7 @@ class Monitor:
             if replica.replayed is not None:
                 replica.lag = lag(self.history, replica.replayed, replica.replay_age or 0.0, now, self.wal_page)
             replica.publish()
-        publish_sizes(replica.pool for replica in self.replicas if replica.pool is not None)
+        publish_pools(replica.pool for replica in self.replicas if replica.pool is not None)
         self._wake_waiters()
 
     async def _probe_replica(self, replica: Replica) -> None:

@@ -58,6 +58,8 @@ MANY = {**ALWAYS, 422: Problem}
 # could never be reused and is not kept at all.
 REVALIDATE = {"Cache-Control": "private, no-cache"}
 NO_STORE = {"Cache-Control": "no-store"}
+RAW_REVALIDATE = [(name.lower().encode(), value.encode()) for name, value in REVALIDATE.items()]
+RAW_NO_STORE = [(name.lower().encode(), value.encode()) for name, value in NO_STORE.items()]
 
 
 def authorize(request: Request) -> None:
@@ -70,10 +72,16 @@ def authorize(request: Request) -> None:
 def with_etag(request: Request, view: Any, version: int) -> Response:
     """The view with ``ETag``, or a bodiless 304 when ``If-None-Match`` already names it."""
     tag = etag(version)
-    headers = {"ETag": tag, **REVALIDATE}
     if if_none_match(request, tag):
-        return Response(status_code=304, headers=headers)
-    return MsgspecResponse(view, headers=headers)
+        return Response(status_code=304, headers={"ETag": tag, **REVALIDATE})
+    return with_headers(MsgspecResponse(view), (b"etag", tag.encode()), *RAW_REVALIDATE)
+
+
+def with_headers(response: Response, *headers: tuple[bytes, bytes]) -> Response:
+    """``response`` with ``headers`` (lower-case names, encoded) after its own: what Starlette's
+    ``headers=`` argument makes of a dict, without building the dict and re-encoding it each time."""
+    response.raw_headers += headers
+    return response
 
 
 def if_none_match(request: Request, tag: str) -> bool:
@@ -99,7 +107,11 @@ def resource_route(
         found = await find(await reader(request), resource_id)
         if found is None:
             raise NotFound(f"{kind} {resource_id} not found")
-        return with_etag(request, found, found.version) if versioned else MsgspecResponse(found, headers=NO_STORE)
+        return (
+            with_etag(request, found, found.version)
+            if versioned
+            else with_headers(MsgspecResponse(found), *RAW_NO_STORE)
+        )
 
     return Route(path, endpoint, methods=["GET"], name=find.__name__)
 
@@ -113,7 +125,7 @@ def query_route(
     async def endpoint(request: Request) -> Response:
         authorize(request)
         given = query_params(request, params)
-        return MsgspecResponse(await run(await reader(request), given), headers=NO_STORE)
+        return with_headers(MsgspecResponse(await run(await reader(request), given)), *RAW_NO_STORE)
 
     return Route(path, endpoint, methods=["GET"], name=run.__name__)
 

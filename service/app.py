@@ -22,7 +22,7 @@ from service.compression import COMPRESSION
 from service.cors import cors
 from service.heap import freeze_startup_heap
 from service.logs import RequestLog
-from service.metrics import RequestMetrics, metrics, publishing_sizes
+from service.metrics import RequestMetrics, metrics, publishing_pools
 from service.schema import head_revision, schema_advice
 from service.tracing import Tracing
 from shared.config import ConfigError, Settings
@@ -70,7 +70,7 @@ def create_app(
             resources = Resources(settings=settings, pools=pools, schema_head=head)
             if tracing is not None:
                 stack.enter_context(tracing.instrumenting(pools))
-            await stack.enter_async_context(publishing_sizes(pools.values()))
+            await stack.enter_async_context(publishing_pools(pools.values()))
             # Requests reach it through shared.sides.resources(request); operations tooling and
             # tests through app.state.resources.
             app.state.resources = resources

@@ -149,6 +149,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # "text" is uvicorn's own line; "json" is written by service.logs.RequestLog. Otherwise uvicorn's
         # access logger gets no handler, so it does not even build the line.
         "access_log": settings.access_log == "text",
+        # No software banner: "Server: uvicorn" told every client what runs here (and which advisories
+        # apply), and was one more field for uvicorn to check and write on every answer.
+        "server_header": False,
     }
 
 

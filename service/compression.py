@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware, GZipResponder
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from service.logs import RESPONSE_HEADERS
 from shared.http import weights
 
 # A body under this size, with the response's head, fits in one TCP segment (1460 bytes on
@@ -31,7 +32,8 @@ class Compression(GZipMiddleware):
     a compressed answer nor give this one to a client that would have had one). Starlette passes
     such a request through a responder that parses every response's headers to add the same Vary
     to the large ones only: on a small read that layer cost about 10 % of its rate (measured with
-    the metrics' layer, since merged into service.logs.RequestLog)."""
+    the metrics' layer, since merged into service.logs.RequestLog). Here the Vary is left to
+    RequestLog (``RESPONSE_HEADERS``), which wraps every answer's ``send`` anyway."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,13 +51,9 @@ class Compression(GZipMiddleware):
             )
             await responder(scope, receive, send)
             return
-
-        async def send_varied(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), VARY]
-            await send(message)
-
-        await self.app(scope, receive, send_varied)
+        # service.logs.RequestLog, outside, adds it as the answer starts: no wrapper around send here.
+        scope.setdefault(RESPONSE_HEADERS, []).append(VARY)
+        await self.app(scope, receive, send)
 
 
 def accepts_gzip(scope: Scope) -> bool:

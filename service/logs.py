@@ -9,8 +9,8 @@ slow statement names the request that met it.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -98,6 +98,11 @@ class AccessLine(msgspec.Struct, omit_defaults=True):
 
 ACCESS_LINE = msgspec.json.Encoder()
 
+# Where an inner layer puts the response headers it wants on the answer (service.compression's
+# ``Vary``), for RequestLog to add with the request id: a list in the scope, so the layer needs no
+# wrapper of its own around ``send``, and every answer one such wrapper less on its way out.
+RESPONSE_HEADERS = "orders_api.response_headers"
+
 
 class RequestObserver(Protocol):
     def observe(self, scope: Scope, status: int, seconds: float) -> None: ...
@@ -105,8 +110,9 @@ class RequestObserver(Protocol):
 
 class RequestLog:
     """Pure ASGI, the outermost of the app's middleware. Gives each request its id (echoed in
-    ``X-Request-Id``), writes its access line when ``ACCESS_LOG=json``, counts and times it for
-    /metrics (``metrics``, service.metrics.RequestMetrics: its status is the one sent, or 500 when
+    ``X-Request-Id``, beside any ``RESPONSE_HEADERS`` an inner layer asked for), writes its access
+    line when ``ACCESS_LOG=json``, counts and times it for /metrics (``metrics``,
+    service.metrics.RequestMetrics: its status is the one sent, or 500 when
     the app raised before sending one), and is the one place an unexpected exception is logged:
     once, with the request's route, method, id and traceback.
 
@@ -142,7 +148,7 @@ class RequestLog:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), header, *scope.get(RESPONSE_HEADERS, ())]
             await send(message)
 
         token = CURRENT.set(current)
@@ -172,7 +178,7 @@ def request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and SANE_REQUEST_ID.fullmatch(value):
             return value.decode()
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()  # secrets.token_hex's bytes, in two calls where it makes four
 
 
 def _write_access_line(

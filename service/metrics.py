@@ -34,7 +34,7 @@ from shared.metrics import (
     MULTIPROCESS_DIR,
     MULTIPROCESS_DIR_VARIABLE,
     REGISTRY,
-    publish_sizes,
+    publish_pools,
 )
 from shared.openapi import operation
 from shared.paths import route_template
@@ -55,8 +55,9 @@ def _pools(scope: Scope) -> Iterable[Pool]:
 
 
 # Connections open and close inside the drivers, which offer no hook here, and not only during
-# requests (an idle connection expires), so each process publishes its pools' sizes this often.
-SIZE_PERIOD = 1.0
+# requests (an idle connection expires); places at the gates are taken and given back on every
+# query, too often to publish each time. So each process publishes its pools this often.
+PUBLISH_PERIOD = 1.0
 
 
 class RequestMetrics:
@@ -66,33 +67,32 @@ class RequestMetrics:
     a small read 10 to 20 % of its rate (measured with compression's layer)."""
 
     def __init__(self) -> None:
-        # (method, route path, status) -> its counter and timer. Bounded: the methods are a fixed
-        # set, the paths those of the routes (or None), the statuses the service's own.
-        self.children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        # (method, path of the route Starlette's router chose, status) -> its counter and timer.
+        # Bounded: the methods are a fixed set, the paths those of the routes (or None), the statuses
+        # the service's own.
+        self.children: dict[tuple[str, str | None, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
-        counter, timer = self._children(scope, status)
-        counter.inc()
-        timer.observe(seconds)
-
-    def _children(self, scope: Scope, status: int) -> tuple[Counter, Histogram]:
-        method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
-        route = route_template(scope) or UNMATCHED
-        key = (method, route, status)
+        method = scope["method"]
+        if method not in METHODS:
+            method = OTHER_METHOD
+        key = (method, getattr(scope.get("route"), "path", None), status)
         found = self.children.get(key)
         if found is None:
+            route = route_template(scope) or UNMATCHED
             found = HTTP_REQUESTS.labels(method, route, str(status)), HTTP_REQUEST_SECONDS.labels(method, route)
             self.children[key] = found
-        return found
+        found[0].inc()
+        found[1].observe(seconds)
 
 
 @asynccontextmanager
-async def publishing_sizes(pools: Iterable[Pool]) -> AsyncIterator[None]:
-    """The pools' sizes, published now (before the first request is served) and every
-    ``SIZE_PERIOD`` seconds while the block runs (the app's lifespan)."""
+async def publishing_pools(pools: Iterable[Pool]) -> AsyncIterator[None]:
+    """The pools' gauges (``shared.metrics.publish_pools``), published now (before the first
+    request is served) and every ``PUBLISH_PERIOD`` seconds while the block runs (the lifespan)."""
     pools = list(pools)
-    publish_sizes(pools)
-    publisher = asyncio.create_task(_publish_sizes_periodically(pools))
+    publish_pools(pools)
+    publisher = asyncio.create_task(_publish_periodically(pools))
     try:
         yield
     finally:
@@ -100,17 +100,17 @@ async def publishing_sizes(pools: Iterable[Pool]) -> AsyncIterator[None]:
         await asyncio.wait([publisher])
 
 
-async def _publish_sizes_periodically(pools: list[Pool]) -> None:
+async def _publish_periodically(pools: list[Pool]) -> None:
     while True:
-        await asyncio.sleep(SIZE_PERIOD)
-        publish_sizes(pools)
+        await asyncio.sleep(PUBLISH_PERIOD)
+        publish_pools(pools)
 
 
 @operation(
     "Prometheus metrics: both pools and HTTP requests, summed across workers", tag="operations", responses={200: None}
 )
 async def metrics(request: Request) -> Response:
-    publish_sizes(_pools(request.scope))
+    publish_pools(_pools(request.scope))
     # Reading every worker's files takes milliseconds (about 13 ms for 4 workers' files here): off
     # the event loop, so the requests this worker is serving meanwhile do not stall behind it.
     text = await run_in_threadpool(lambda: generate_latest(_registry()))

@@ -102,6 +102,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_pending = False
         self.head_deadline = Deadline(self._head_timed_out)
         self.head_bytes = 0
+        self.reading = 0  # the size of the read being parsed
         self.refused = False
         # Armed while the transport's buffer is over its high-water mark: the client takes nothing.
         self.send_deadline = Deadline(self._send_timed_out)
@@ -146,6 +147,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self.reading = len(data)
         super().data_received(data)
         # httptools keeps a header to itself until it ends, so a head still incomplete is measured
         # here, in bytes received: memory stays within the bound plus one read.
@@ -168,7 +170,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._await_head()
+        if not self.head_pending and not self.refused:  # _await_head, inline: called for every request
+            self.head_pending = True
+            self.head_bytes = 0
 
     def on_headers_complete(self) -> None:
         self.head_pending = False
@@ -208,6 +212,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_problem(self) -> str | None:
         if len(self.headers) > self.bounds.max_count:
             return f"request has {len(self.headers)} header fields, over {self.bounds.max_count} (MAX_HEADERS)"
+        # A head is no larger than what arrived since it began: the earlier reads (``head_bytes``)
+        # and this one. Nearly always that is within the bound, and the fields need no adding up.
+        if self.head_bytes + self.reading <= self.bounds.max_bytes:
+            return None
         # As sent: "name: value\r\n" per field, after the request line.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.bounds.max_bytes:

@@ -1,9 +1,11 @@
 """Every Prometheus series the service exports (the contract: docs/http.md), in one registry.
 
-The pool series are fed at the pool seam: ``shared.pools.Gate`` publishes ``in_use``, ``waiting``
-and ``max`` as they change and observes every acquire (``PoolSeries``); ``size`` (connections
-open) changes inside the drivers, so each process publishes its pools' sizes every second while its
-lifespan runs (``service.metrics``), and a scrape refreshes the scraping process's once more.
+The pool series are fed at the pool seam: ``shared.pools.Gate`` counts every acquire it times out
+or refuses and observes every one it grants (``PoolSeries``). The gauges are published rather than
+kept up to date: ``size`` (connections open) changes inside the drivers, and ``in_use`` and
+``waiting`` change twice on every query, so each process publishes its pools every second while
+its lifespan runs (``service.metrics``), and a scrape refreshes the scraping process's once more
+(``publish_pools``). ``max`` is set once, when the pool opens.
 
 With ``serve --workers N`` each worker is a process with its own numbers; prometheus-client's
 multiprocess mode makes every scrape answer for all of them (``service.metrics``). The library reads
@@ -162,6 +164,8 @@ def pool_series(names: PoolNames) -> PoolSeries:
     )
 
 
-def publish_sizes(pools: Iterable[Pool]) -> None:
+def publish_pools(pools: Iterable[Pool]) -> None:
+    """Each pool's connections open and its gate's held and queued places, as they are now."""
     for pool in pools:
         POOL_SIZE.labels(pool.names.label).set(pool.size())
+        pool.gate.publish()

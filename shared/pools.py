@@ -60,8 +60,6 @@ class Gate:
         self.admitted = 0  # admitted on arrival (``admit``), not yet holding or waiting for a place
         # Each waiter's future: set to True when a place is handed to it, False when its wait ran out.
         self._waiters: deque[asyncio.Future[bool]] = deque()
-        # The gate publishes its numbers as they change: with several workers, /metrics sums what
-        # every worker published, so a number kept only in memory would show for one worker alone.
         self._series = pool_series(names)
         self._series.max.set(capacity)
 
@@ -113,7 +111,6 @@ class Gate:
             # A free place and no one ahead: taken at once, without a timer or a suspension (the
             # common case on a pool that keeps up).
             self.in_use += 1
-            series.in_use.set(self.in_use)
             series.acquire_seconds.observe(0.0)
             return
         if shed:
@@ -123,27 +120,24 @@ class Gate:
         place: asyncio.Future[bool] = loop.create_future()
         self._waiters.append(place)
         self.waiting += 1
-        series.waiting.set(self.waiting)
         expiry = loop.call_later(wait, _run_out, place)
         try:
             handed = await place
-        except asyncio.CancelledError:
+        except BaseException:
             # Cancelled while waiting; or just after a place was handed over, before it resumed:
             # that place goes on to the next in line.
+            expiry.cancel()
             if _handed(place):
                 self.leave()
             else:
-                self._forget(place)
+                self._stop_waiting(place)
             raise
-        finally:
-            expiry.cancel()
-            if not _handed(place):  # a place handed over stopped counting as waiting then (``leave``)
-                self.waiting -= 1
-                series.waiting.set(self.waiting)
-        if not handed:
-            self._forget(place)
+        expiry.cancel()
+        if not handed:  # the wait ran out
+            self._stop_waiting(place)
             series.timeouts.inc()
             raise exhausted(self.names, wait)
+        # A place handed over stopped counting as waiting then (``leave``).
         series.acquire_seconds.observe(time.perf_counter() - started)
 
     def leave(self) -> None:
@@ -153,14 +147,23 @@ class Gate:
             if not place.done():
                 place.set_result(True)  # in_use stays: the place changes hands
                 self.waiting -= 1  # at once, so the queue is never counted one longer than it is
-                self._series.waiting.set(self.waiting)
                 return
         self.in_use -= 1
-        self._series.in_use.set(self.in_use)
 
-    def _forget(self, place: asyncio.Future[bool]) -> None:
+    def publish(self) -> None:
+        """Set the pool's ``in_use`` and ``waiting`` gauges to the numbers now. Not at every change:
+        that was two gauge writes on every query's way in and out, 8 of the 85 Python calls a
+        product read made beyond the bare floor's. A process publishes its pools every second and
+        at each scrape it answers (``shared.metrics.publish_pools``), so with several workers the
+        sum /metrics reads is at most a second old for the others, and exact for the one answering."""
+        self._series.in_use.set(self.in_use)
+        self._series.waiting.set(self.waiting)
+
+    def _stop_waiting(self, place: asyncio.Future[bool]) -> None:
+        """A waiter leaves the queue without a place."""
         if place in self._waiters:  # else ``leave`` took it off already
             self._waiters.remove(place)
+        self.waiting -= 1
 
 
 def _handed(place: asyncio.Future[bool]) -> bool:

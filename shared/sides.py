@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
 from shared.config import Settings
 from shared.dbfailures import PoolNames
+
+if TYPE_CHECKING:
+    from shared.pools import Gate
 
 SideName = Literal["writes", "reads"]
 
@@ -27,11 +30,12 @@ CURRENT_REVISION_SQL = "SELECT version_num FROM alembic_version"
 
 class Pool(Protocol):
     """The shape both pools share: opened from settings (``Side.open_pool``), closed, probed,
-    counted. Their bounded acquire is ``shared.pools.Gate``, which also publishes how many
+    counted. Their bounded acquire is ``shared.pools.Gate``, which also counts how many
     connections are held and awaited; ``size`` is the number only the driver knows."""
 
     names: PoolNames  # how messages name the pool and its settings
     timeout: float  # the longest a request waits for a connection
+    gate: Gate  # its bounded acquire, which counts the places held and awaited
 
     async def close(self) -> None: ...
 

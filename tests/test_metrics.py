@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from service.app import create_app
-from service.metrics import SIZE_PERIOD
+from service.metrics import PUBLISH_PERIOD
 from shared.config import Settings
 from shared.metrics import REGISTRY
 from tests.processes import serve_env, serving_process, wait_until
@@ -177,7 +177,7 @@ async def test_each_process_publishes_its_pool_sizes_without_being_scraped(
     async with pool.connection(), pool.connection():  # min size 1: the second is opened now
         opened = pool.size()
         assert opened >= 2
-        await eventually(lambda: published() == opened, within=SIZE_PERIOD + 1.0)
+        await eventually(lambda: published() == opened, within=PUBLISH_PERIOD + 1.0)
 
 
 async def test_a_timeout_and_a_refusal_at_the_pool_each_count_once(settings: Settings) -> None:

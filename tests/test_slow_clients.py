@@ -290,6 +290,30 @@ async def test_a_head_within_its_limits_is_served(address: tuple[str, int]) -> N
         assert status(await one_response(reader)) == 200
 
 
+async def test_heads_within_their_limits_are_served_though_they_arrive_together_past_them(
+    address: tuple[str, int],
+) -> None:
+    """The size is the head's own, not that of the read it came in (which holds two heads here)."""
+    head = request_head("GET", "/healthz", f"X-Big: {'a' * (MAX_HEADER_BYTES * 3 // 5)}")
+    async with connected(address) as (reader, writer):
+        writer.write(head + head)
+        assert [status(await one_response(reader)) for _ in range(2)] == [200, 200]
+
+
+async def test_no_answer_names_the_server_software(address: tuple[str, int]) -> None:
+    """No ``Server`` field: it told every client what runs here and which advisories apply."""
+    async with connected(address) as (reader, writer):
+        writer.write(request_head("GET", "/healthz"))
+        served = await one_response(reader)
+    async with connected(address) as (reader, writer):
+        writer.write(request_head("GET", "/healthz", *many_headers(MAX_HEADERS + 1)))
+        refused = await until_closed(reader, SLACK)
+    assert (status(served), status(refused)) == (200, 431)
+    for response in (served, refused):
+        assert "server" not in response_headers(response), response
+        assert "date" in response_headers(response), response
+
+
 async def test_a_client_leaving_mid_body_is_one_log_line_and_changes_nothing(
     address: tuple[str, int], db: asyncpg.Connection, server_log: pytest.LogCaptureFixture
 ) -> None:

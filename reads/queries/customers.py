@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from reads.db import Reader
 from reads.queries import instant
 from shared.dto import CustomerDetail
@@ -21,5 +23,6 @@ CUSTOMER_DETAIL = f"""
 """  # noqa: S608 - composed of constants only; every value is a bound parameter
 
 
-async def customer_detail(reader: Reader, customer_id: int) -> CustomerDetail | None:
-    return await reader.find(CUSTOMER_DETAIL, CustomerDetail, customer_id)
+def customer_detail(reader: Reader, customer_id: int) -> Awaitable[CustomerDetail | None]:
+    # The statement's coroutine itself, not one awaiting it: a frame less in every read's chain.
+    return reader.find(CUSTOMER_DETAIL, CustomerDetail, customer_id)
