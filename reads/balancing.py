@@ -32,11 +32,12 @@ from starlette.requests import Request
 from reads.db import Database, Reader, ReadPool
 from reads.replicas import SCHEMA_BEHIND, Monitor, Probe, Replica, is_standby
 from shared.config import Settings, asyncpg_dsn
-from shared.consistency import HEADER, decode_token
+from shared.consistency import FIELD, decode_token
 from shared.dbfailures import PoolNames
 from shared.errors import ServiceUnavailable
+from shared.http import header_fields
 from shared.metrics import READS_ROUTED
-from shared.sides import Pool, resources
+from shared.sides import Pool, Resources
 
 T = TypeVar("T")
 
@@ -59,14 +60,15 @@ async def open_read_side(settings: Settings, schema_head: str) -> Pool:
     return await Replicas.open(settings, urls, schema_head) if urls else await ReadPool.open(settings)
 
 
-async def reader(request: Request, *, sticky: bool = True) -> Reader:
+async def reader(request: Request, found: Resources, *, sticky: bool = True) -> Reader:
     """The database this request reads, by its ``Consistency-Token`` when it sends one: a malformed
-    token is a 400 before anything is read. ``sticky``: see ``Routed``."""
+    token is a 400 before anything is read. ``found``: the app's resources, as ``authorize`` looked
+    them up (once a request). ``sticky``: see ``Routed``."""
     # Every field of the header, joined as HTTP joins repeated fields: a second one (a "0" after a
     # good token) makes the whole value malformed rather than going unread.
-    tokens = request.headers.getlist(HEADER)
+    tokens = header_fields(request, FIELD)
     position = decode_token(", ".join(tokens)) if tokens else None
-    pool = resources(request).pools["reads"]
+    pool = found.pools["reads"]
     if isinstance(pool, Replicas):
         return await pool.reader(position, sticky=sticky)
     assert isinstance(pool, ReadPool)

@@ -309,7 +309,7 @@ def waiting(mode: str) -> Iterator[None]:
     headers=(CONSISTENCY_TOKEN, "Last-Event-ID"),
 )
 async def list_events(request: Request) -> Response:
-    authorize(request)
+    granted = authorize(request)
     query = query_params(request, EventQuery)
     types = _types(query.types)
     # An empty id names no event (an EventSource sends none then; a client passing None may send
@@ -320,13 +320,13 @@ async def list_events(request: Request) -> Response:
 
     # Not sticky: a replica that stops while a page waits for its round leaves the page to the primary.
     async def ask(after: int | None) -> Fetched:
-        return await read_page(await reader(request, sticky=False), after, query.limit, types)
+        return await read_page(await reader(request, granted, sticky=False), after, query.limit, types)
 
     # The first page is read before any byte is sent: a bad or purged cursor, an exhausted pool, are
     # still proper problems. It settles: it holds every event committed before the request.
-    first = await read_page(await reader(request, sticky=False), after, query.limit, types, settle=True)
+    first = await read_page(await reader(request, granted, sticky=False), after, query.limit, types, settle=True)
     if wants_stream(request.headers.get("accept")):
-        settings = resources(request).settings
+        settings = granted.settings
         stream = _stream(request, first, ask, settings.events_stream_seconds)
         return StreamingResponse(stream, media_type=STREAM_MEDIA_TYPE, headers={**NO_STORE, "X-Accel-Buffering": "no"})
     page = first

@@ -36,9 +36,9 @@ from shared.dto import (
     TopProductsReport,
 )
 from shared.errors import NotFound, ServiceUnavailable
-from shared.http import ENCODER, MsgspecResponse, etag, path_id
+from shared.http import ENCODER, MsgspecResponse, etag, header_fields, path_id
 from shared.openapi import operation
-from shared.sides import resources
+from shared.sides import Resources, resources
 
 P = TypeVar("P", bound=msgspec.Struct)
 
@@ -62,11 +62,13 @@ RAW_REVALIDATE = [(name.lower().encode(), value.encode()) for name, value in REV
 RAW_NO_STORE = [(name.lower().encode(), value.encode()) for name, value in NO_STORE.items()]
 
 
-def authorize(request: Request) -> None:
-    """Queries need a bearer token from READ_API_TOKENS, unless READ_API_OPEN opened them to anyone."""
-    settings = resources(request).settings
-    if not settings.read_api_open:
-        bearer_token(request, settings.read_api_tokens)
+def authorize(request: Request) -> Resources:
+    """Queries need a bearer token from READ_API_TOKENS, unless READ_API_OPEN opened them to anyone.
+    Returns the app's resources, looked up for the settings, for the rest of the request."""
+    found = resources(request)
+    if not found.settings.read_api_open:
+        bearer_token(request, found.settings.read_api_tokens)
+    return found
 
 
 def with_etag(request: Request, view: Any, version: int) -> Response:
@@ -86,9 +88,9 @@ def with_headers(response: Response, *headers: tuple[bytes, bytes]) -> Response:
 
 def if_none_match(request: Request, tag: str) -> bool:
     # RFC 9110: If-None-Match compares weakly, so W/"3" matches "3"; "*" matches any current version.
-    # Every field of it, as a list header's fields join (``get`` would read the first only, and
-    # raise and catch a KeyError inside on every read that sends none).
-    fields = request.headers.getlist("if-none-match")
+    # Every field of it, as a list header's fields join (``headers.get`` would read the first only,
+    # and raise and catch a KeyError inside on every read that sends none).
+    fields = header_fields(request, b"if-none-match")
     if not fields:
         return False
     candidates = {candidate.strip().removeprefix("W/") for candidate in ",".join(fields).split(",")}
@@ -104,9 +106,9 @@ def resource_route(
 
     @operation(f"One {kind}", tag=TAG, responses=responses, headers=headers)
     async def endpoint(request: Request) -> Response:
-        authorize(request)
+        granted = authorize(request)
         resource_id = path_id(request, kind)
-        found = await find(await reader(request), resource_id)
+        found = await find(await reader(request, granted), resource_id)
         if found is None:
             raise NotFound(f"{kind} {resource_id} not found")
         return (
@@ -125,9 +127,9 @@ def query_route(
 
     @operation(summary, tag=TAG, responses={200: view, **MANY}, query=params, headers=(CONSISTENCY_TOKEN,))
     async def endpoint(request: Request) -> Response:
-        authorize(request)
+        granted = authorize(request)
         given = query_params(request, params)
-        return with_headers(MsgspecResponse(await run(await reader(request), given)), *RAW_NO_STORE)
+        return with_headers(MsgspecResponse(await run(await reader(request, granted), given)), *RAW_NO_STORE)
 
     return Route(path, endpoint, methods=["GET"], name=run.__name__)
 
@@ -141,10 +143,10 @@ def query_route(
     headers=(CONSISTENCY_TOKEN,),
 )
 async def order_export(request: Request) -> Response:
-    authorize(request)
+    granted = authorize(request)
     filters = query_params(request, OrderFilters)
-    later_wait = resources(request).settings.read_export_wait
-    batches = orders.order_batches(await reader(request), filters, later_wait=later_wait)
+    later_wait = granted.settings.read_export_wait
+    batches = orders.order_batches(await reader(request, granted), filters, later_wait=later_wait)
     # The first batch is read before any byte is sent, so an exhausted pool or a dead database is
     # still a proper 503; a later failure can only cut the stream, visibly (see WholeOrCut).
     first: list[OrderSummary] = await anext(batches, [])

@@ -14,6 +14,7 @@ import re
 from shared.errors import BadConsistencyToken
 
 HEADER = "Consistency-Token"
+FIELD = HEADER.lower().encode()  # its name as an ASGI server gives it
 _PREFIX = "1."
 _TOKEN = re.compile(r"1\.[0-9a-f]{16}")
 

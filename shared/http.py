@@ -78,6 +78,13 @@ def weights(header: str) -> dict[str, float]:
 QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
 
 
+def header_fields(request: Request, name: bytes) -> list[str]:
+    """Every ``name`` field of the request in order (``name`` lower-case, as ASGI servers give
+    them): Starlette's ``request.headers.getlist`` without building its ``Headers`` and encoding the
+    name each time. A query reads two on every request."""
+    return [value.decode("latin-1") for key, value in request.scope["headers"] if key == name]
+
+
 def decoder_for(type_: type[T]) -> msgspec.json.Decoder[T]:
     """One decoder per type, built on first use and reused."""
     decoder = _DECODERS.get(type_)
