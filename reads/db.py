@@ -151,6 +151,12 @@ async def _release_in_place(connection: Any) -> None:
     await connection._holder.release(None)
 
 
+def _clean(connection: Any) -> bool:
+    """Whether a connection (asyncpg's own, not the pool's proxy, whose every method is a call
+    more) can go back in place: open, and in no transaction."""
+    return connection is not None and not connection.is_closed() and not connection.is_in_transaction()
+
+
 def _is_dead(connection: Any) -> bool:
     try:
         return bool(connection.is_closed())
@@ -193,10 +199,10 @@ class ReadPool:
         # left open); the pool has then closed it, and the request's own outcome (a result, or its
         # error) stands.
         try:
-            if not IN_PLACE or _is_dead(connection) or connection.is_in_transaction():
-                await self.pool.release(connection)
-            else:
+            if IN_PLACE and _clean(connection._con):  # None once the pool took it back (it closed)
                 await _release_in_place(connection)
+            else:
+                await self.pool.release(connection)
         except Exception as exc:
             log.warning("%s: releasing a connection failed: %s: %s", self.names.pool, type(exc).__name__, exc)
 

@@ -7,6 +7,8 @@ most of it the compressor's set-up, and a page of 20 orders (2.6 kB) shrinks to 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware, GZipResponder
 from starlette.types import Receive, Scope, Send
@@ -35,10 +37,11 @@ class Compression(GZipMiddleware):
     the metrics' layer, since merged into service.logs.RequestLog). Here the Vary is left to
     RequestLog (``RESPONSE_HEADERS``), which wraps every answer's ``send`` anyway."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    # Not a coroutine: it only chooses what answers, and hands back that one's awaitable, so it is no
+    # frame of the request's coroutine chain (each frame runs again at every resumption of it).
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:  # type: ignore[override]
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         if accepts_gzip(scope):
             # Starlette's own test is for the bytes "gzip" in the header: it compressed for
             # "gzip;q=0" (not acceptable) and not for "GZIP" (codings compare case-insensitively).
@@ -49,11 +52,10 @@ class Compression(GZipMiddleware):
                 thread_minimum_size=self.thread_minimum_size,
                 exclude_content_types=self.exclude_content_types,
             )
-            await responder(scope, receive, send)
-            return
+            return responder(scope, receive, send)
         # service.logs.RequestLog, outside, adds it as the answer starts: no wrapper around send here.
         scope.setdefault(RESPONSE_HEADERS, []).append(VARY)
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 def accepts_gzip(scope: Scope) -> bool:

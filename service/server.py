@@ -177,7 +177,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.head_pending = False
         self.head_deadline.stop()
-        problem = self._head_problem()
+        bounds = self.bounds
+        # A head no larger than what arrived since it began (the earlier reads, ``head_bytes``, and
+        # this one), with few enough fields, needs no more looking at: nearly every head.
+        within = len(self.headers) <= bounds.max_count and self.head_bytes + self.reading <= bounds.max_bytes
+        problem = None if within else self._head_problem()
         if problem is None:
             running = self.cycle
             super().on_headers_complete()
@@ -212,10 +216,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_problem(self) -> str | None:
         if len(self.headers) > self.bounds.max_count:
             return f"request has {len(self.headers)} header fields, over {self.bounds.max_count} (MAX_HEADERS)"
-        # A head is no larger than what arrived since it began: the earlier reads (``head_bytes``)
-        # and this one. Nearly always that is within the bound, and the fields need no adding up.
-        if self.head_bytes + self.reading <= self.bounds.max_bytes:
-            return None
         # As sent: "name: value\r\n" per field, after the request line.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.bounds.max_bytes:
