@@ -220,7 +220,7 @@ class ReadPool:
         so it is planned with its values every time, for one more round trip."""
         # One coroutine, no helper per attempt: each frame of a request's chain runs again at each of
         # its resumptions (the wait for a place, the statement), so a layer less is calls less.
-        checkout = Checkout(self, self.timeout if wait is None else wait, shed)
+        checkout = self.connection(wait, shed=shed)
         for attempt in (1, 2):
             try:
                 async with checkout as connection:

@@ -74,9 +74,10 @@ def authorize(request: Request) -> Resources:
 def with_etag(request: Request, view: Any, version: int) -> Response:
     """The view with ``ETag``, or a bodiless 304 when ``If-None-Match`` already names it."""
     tag = etag(version)
-    if if_none_match(request, tag):
-        return Response(status_code=304, headers={"ETag": tag, **REVALIDATE})
-    return with_headers(MsgspecResponse(view), (b"etag", tag.encode()), *RAW_REVALIDATE)
+    unchanged = if_none_match(request, tag)
+    return with_headers(
+        Response(status_code=304) if unchanged else MsgspecResponse(view), (b"etag", tag.encode()), *RAW_REVALIDATE
+    )
 
 
 def with_headers(response: Response, *headers: tuple[bytes, bytes]) -> Response:

@@ -164,20 +164,24 @@ async def test_in_use_and_waiting_follow_the_pools_and_every_acquire_is_timed(
     assert after("db_pool_acquire_seconds_sum", pool="write") > before("db_pool_acquire_seconds_sum", pool="write")
 
 
-async def test_each_process_publishes_its_pool_sizes_without_being_scraped(
+async def test_each_process_publishes_its_pool_gauges_without_being_scraped(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
-    # With several workers a scrape refreshes only the worker that answers it; the others' sizes
+    # With several workers a scrape refreshes only the worker that answers it; the others' gauges
     # must already be in the files. Read what this process published, without scraping.
-    def published() -> float | None:
-        return REGISTRY.get_sample_value("db_pool_size", {"pool": "read"})
+    def published(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"pool": "read"})
 
     pool = app.state.resources.pools["reads"]
-    assert published() == pool.size()
+    assert published("db_pool_size") == pool.size()
     async with pool.connection(), pool.connection():  # min size 1: the second is opened now
         opened = pool.size()
         assert opened >= 2
-        await eventually(lambda: published() == opened, within=PUBLISH_PERIOD + 1.0)
+        await eventually(
+            lambda: (published("db_pool_size"), published("db_pool_in_use")) == (opened, 2),
+            within=PUBLISH_PERIOD + 1.0,
+        )
+    await eventually(lambda: published("db_pool_in_use") == 0, within=PUBLISH_PERIOD + 1.0)
 
 
 async def test_a_timeout_and_a_refusal_at_the_pool_each_count_once(settings: Settings) -> None:
